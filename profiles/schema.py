@@ -1,0 +1,188 @@
+"""The profile format: op kinds, their shape columns, and their FLOP / byte counts.
+
+A profile is a Parquet table with one row per measured point (see ``profiles/README.md``).
+This module is the single definition both stages share: calibration writes these columns,
+the simulator reads them, and the speed-of-light formulas below give every op its roofline
+(used for utilization interpolation and for theoretical speedups).
+
+All cost functions are vectorized: shape arguments may be numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+#: Every shape column a profile may carry; columns an op does not use are null.
+SHAPE_COLUMNS: tuple[str, ...] = (
+    "m", "n", "k",
+    "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal",
+    "numel",
+)
+TIMING_COLUMNS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats")
+#: Columns in the order they are written.
+COLUMNS: tuple[str, ...] = (
+    ("op",) + SHAPE_COLUMNS + ("dtype",) + TIMING_COLUMNS + ("flops", "bytes", "status", "backend")
+)
+
+#: Row status: measured, or skipped with the reason (the run goes on).
+STATUS_OK = "ok"
+STATUS_SKIPPED_OOM = "skipped_oom"
+STATUS_SKIPPED_UNSUPPORTED = "skipped_unsupported"
+STATUSES = (STATUS_OK, STATUS_SKIPPED_OOM, STATUS_SKIPPED_UNSUPPORTED)
+
+DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+Shape = Mapping[str, "np.ndarray | int | float"]
+
+
+def _f(x: "np.ndarray | int | float") -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+# --- cost formulas (FLOPs and bytes moved at speed of light, one call of the op) ---------
+
+def _gemm_flops(s: Shape) -> np.ndarray:
+    return 2.0 * _f(s["m"]) * _f(s["n"]) * _f(s["k"])
+
+
+def _gemm_bytes(s: Shape, e: int) -> np.ndarray:
+    m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
+    return e * (m * k + n * k + m * n)
+
+
+def _gemm24_flops(s: Shape) -> np.ndarray:
+    # Useful FLOPs: half the weights are zero and skipped by the sparse tensor cores.
+    return _f(s["m"]) * _f(s["n"]) * _f(s["k"])
+
+
+def _gemm24_bytes(s: Shape, e: int) -> np.ndarray:
+    m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
+    # Half the weight values plus 2-bit indices per kept value (1/8 byte per dense element).
+    return e * (m * k + m * n) + n * k * (e / 2.0 + 1.0 / 8.0)
+
+
+def _attended_pairs(s: Shape) -> np.ndarray:
+    q, kv = _f(s["q_len"]), _f(s["kv_len"])
+    causal = _f(s.get("causal", 0)) > 0
+    # Causal: query i (of the last q positions) sees kv - q + i + 1 keys.
+    tri = q * kv - q * (q - 1.0) / 2.0
+    return np.where(causal, tri, q * kv)
+
+
+def _attn_flops(s: Shape) -> np.ndarray:
+    # QK^T and PV: 2 GEMMs of 2 FLOPs per multiply-add over every attended pair.
+    return 4.0 * _f(s["batch"]) * _f(s["heads"]) * _f(s["head_dim"]) * _attended_pairs(s)
+
+
+def _attn_bytes(s: Shape, e: int) -> np.ndarray:
+    b, d = _f(s["batch"]), _f(s["head_dim"])
+    q_elems = 2.0 * b * _f(s["q_len"]) * _f(s["heads"]) * d  # read Q, write O
+    kv_elems = 2.0 * b * _f(s["kv_len"]) * _f(s["kv_heads"]) * d  # read K and V once
+    return e * (q_elems + kv_elems)
+
+
+def _numel(s: Shape) -> np.ndarray:
+    return _f(s["numel"])
+
+
+def _topk_flops(s: Shape) -> np.ndarray:
+    return _f(s["m"]) * _f(s["n"]) * np.log2(np.maximum(_f(s["k"]), 2.0))
+
+
+def _zero(s: Shape) -> np.ndarray:
+    return np.zeros(np.broadcast(*[np.asarray(v) for v in s.values()]).shape) if s else np.zeros(())
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """One op a profile can measure and a simulation can execute."""
+
+    name: str
+    columns: tuple[str, ...]
+    description: str
+    flops: Callable[[Shape], np.ndarray]
+    #: bytes moved at speed of light, given the element size in bytes
+    bytes: Callable[[Shape, int], np.ndarray]
+    #: True when the op needs a CUDA sm80+ device (skipped elsewhere, not an error)
+    cuda_only: bool = False
+
+
+def _mem(factor: float) -> Callable[[Shape, int], np.ndarray]:
+    return lambda s, e: factor * e * _numel(s)
+
+
+OPS: dict[str, OpKind] = {
+    op.name: op
+    for op in (
+        OpKind("gemm", ("m", "n", "k"),
+               "dense y = x @ W.T as nn.Linear runs it; x is m x k, W is n x k",
+               _gemm_flops, _gemm_bytes),
+        OpKind("gemm_2to4", ("m", "n", "k"),
+               "2:4 semi-structured sparse weight W (n x k, dense K) times dense x",
+               _gemm24_flops, _gemm24_bytes, cuda_only=True),
+        OpKind("attn_prefill", ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal"),
+               "scaled_dot_product_attention over a prompt (GQA: heads query heads share kv_heads)",
+               _attn_flops, _attn_bytes),
+        OpKind("attn_decode", ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal"),
+               "scaled_dot_product_attention of q_len new tokens against a KV cache of kv_len",
+               _attn_flops, _attn_bytes),
+        OpKind("rmsnorm", ("numel",), "RMSNorm over rows of the hidden size (numel = rows x hidden)",
+               lambda s: 4.0 * _numel(s), _mem(2.0)),
+        OpKind("silu_mul", ("numel",), "silu(gate) * up, numel output elements",
+               lambda s: 5.0 * _numel(s), _mem(3.0)),
+        OpKind("rope", ("numel",), "rotary embedding applied to numel elements of q or k",
+               lambda s: 3.0 * _numel(s), _mem(3.0)),
+        OpKind("add", ("numel",), "residual add of two tensors of numel elements",
+               _numel, _mem(3.0)),
+        OpKind("gather", ("numel",), "index_select of rows, numel elements gathered",
+               _zero, _mem(2.0)),
+        OpKind("scatter_add", ("numel",), "index_add_ of numel elements into a residual stream",
+               _numel, _mem(3.0)),
+        OpKind("topk", ("m", "n", "k"), "torch.topk of k out of n along the last dim, m rows",
+               _topk_flops, lambda s, e: e * _f(s["m"]) * _f(s["n"])),
+        OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
+               _zero, lambda s, e: _zero(s)),
+    )
+}
+
+#: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).
+REQUIRED_OPS: tuple[str, ...] = ("gemm", "attn_prefill", "attn_decode", "rmsnorm", "silu_mul",
+                                 "rope", "add", "gather", "overhead")
+
+
+def op_kind(name: str) -> OpKind:
+    """Return the op definition, or raise KeyError naming the known ops."""
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; known ops: {', '.join(OPS)}") from None
+
+
+def op_flops(op: str, shape: Shape) -> np.ndarray:
+    """FLOPs of one call of ``op`` with ``shape`` (vectorized)."""
+    return op_kind(op).flops(shape)
+
+
+def op_bytes(op: str, shape: Shape, dtype: str) -> np.ndarray:
+    """Bytes moved by one call of ``op`` at speed of light (vectorized)."""
+    return op_kind(op).bytes(shape, DTYPE_BYTES[dtype])
+
+
+# --- file metadata --------------------------------------------------------------------
+
+#: Parquet key-value metadata keys; every value is a JSON-encoded string.
+META_PREFIX = "pis."
+META_REQUIRED: tuple[str, ...] = (
+    "schema_version", "device_name", "device_kind", "dtype", "timing_method",
+    "grid_name", "created", "tool_version",
+)
+META_OPTIONAL: tuple[str, ...] = (
+    "compute_capability", "sm_count", "memory_bytes", "peak_flops", "peak_bandwidth",
+    "peak_source", "torch_version", "cuda_version", "driver_version", "cpu_threads",
+    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes",
+)
