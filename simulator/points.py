@@ -69,9 +69,14 @@ class OpGroup:
     op: str
     shape: Mapping[str, np.ndarray]
     count: np.ndarray
-    #: free-form tag of the op type for breakdowns ("gemm", "attention", "norm", "elementwise", ...)
+    #: op type for breakdowns: "gemm", "attention", "norm", "elementwise", "routing", "embedding"
     category: str = field(default="")
+    #: fraction of the op's FLOPs and bytes that are useful work (theoretical bound and FLOP
+    #: counts only; latency still comes from the full shape). Unstructured sparsity uses it:
+    #: masked weights run dense kernels, but a perfect sparse kernel would do (1 - s) of the work.
+    work_scale: np.ndarray = field(default_factory=lambda: np.ones(()))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "count", np.asarray(self.count, dtype=np.float64))
+        object.__setattr__(self, "work_scale", np.asarray(self.work_scale, dtype=np.float64))
         object.__setattr__(self, "shape", {k: np.asarray(v) for k, v in self.shape.items()})

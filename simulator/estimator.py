@@ -1,0 +1,553 @@
+"""Latency of one op call from a measured profile: exact hit → interpolation → roofline.
+
+The query order follows AIConfigurator's, and every prediction says which path answered it:
+
+1. **exact** (``EXACT``): the shape was measured; its median latency is returned.
+2. **interpolation** (``INTERP``): the shape lies inside the convex hull of measured shapes of
+   the same op (and, for attention, the same ``head_dim`` and ``causal``). The estimator
+   interpolates the *log-utilization* ``log(SOL / measured)`` — smoother across shapes than raw
+   time — piecewise-linearly in log-shape space: GEMM/top-k over ``(log m, log n, log k)``,
+   attention over ``log`` of batch, q_len, kv_len, heads, kv_heads (constant ones dropped),
+   memory-bound ops over ``log numel``; latency = SOL / utilization.
+3. **roofline** (``ROOFLINE``): outside the hull, the utilization of the nearest measured shapes
+   (distance-weighted k-NN in log-shape space) divides the speed of light; flagged
+   ``extrapolated``. An op the profile lacks entirely is an error (:class:`MissingOpError`)
+   unless ``allow_roofline=True``: then SOL ÷ the profile's median GEMM utilization.
+
+``extrapolated`` is also set whenever any shape dimension lies outside the calibrated range.
+
+Speed of light: ``SOL(op, shape) = max(flops / peak_flops, bytes / peak_bandwidth)`` with the
+FLOP and byte counts of :mod:`pis.profiles.schema`, and the peaks from the profile's metadata
+when present, else derived from the profile itself (``peak_source`` says which).
+
+GEMM tile quantization (``quantize``): GPUs run GEMMs in tiles, so a 4032-wide GEMM costs about
+what a 4096-wide one does. With quantization on, a GEMM whose N (or K) was never measured is
+priced at N rounded up to the alignment the measured widths share (largest power of two up to
+128 dividing every measured width >= 128). ``"auto"`` turns it on for CUDA profiles only: CPU
+BLAS kernels have no comparable tile granularity (compare with ``pis-profile loo --by n``).
+
+Launch floor: on CUDA, profile timings come from CUDA events and exclude the CPU launch, so a
+tiny kernel in eager mode still costs one launch: ``time_us = max(kernel_us, overhead_us)``.
+On CPU the timings (``perf_counter``) already include dispatch, so nothing is added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from pis.errors import MissingOpError, PisError, ProfileError
+from pis.profiles.schema import OPS, OpKind, op_bytes, op_flops
+from pis.profiles.store import Profile
+from pis.simulator.interp import LogInterpolator
+
+#: ``OpPrediction.source`` codes, and their names (index = code).
+EXACT, INTERP, ROOFLINE = 0, 1, 2
+SOURCE_NAMES: tuple[str, ...] = ("exact", "interp", "roofline")
+
+#: Attention is interpolated separately for each value of these columns.
+PARTITION_COLUMNS: tuple[str, ...] = ("head_dim", "causal")
+#: Ops whose N and K may be tile-quantized, and the columns that are.
+QUANTIZED_OPS: tuple[str, ...] = ("gemm", "gemm_2to4")
+QUANTIZED_COLUMNS: tuple[str, ...] = ("n", "k")
+#: Largest alignment quantization rounds to (a GPU GEMM tile edge).
+MAX_ALIGN = 128
+#: Memory-bound ops: latency depends on numel only.
+MEMORY_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.columns == ("numel",))
+#: GEMMs with at most this many rows stream their weights: memory-bound, used for the bandwidth.
+SMALL_M = 16
+#: Neighbours of the k-NN fallback.
+NEIGHBORS = 4
+
+
+@dataclass(frozen=True)
+class OpPrediction:
+    """Predicted latency of one op call per queried shape (arrays of the broadcast shape)."""
+
+    #: what one call costs in the simulation (kernel time, with the launch floor on CUDA)
+    time_us: np.ndarray
+    #: ``EXACT`` / ``INTERP`` / ``ROOFLINE`` (int8), see ``SOURCE_NAMES``
+    source: np.ndarray
+    #: outside the calibrated range of some shape dimension, or answered by the roofline path
+    extrapolated: np.ndarray
+    #: the kernel's own time, without the launch floor
+    kernel_us: np.ndarray
+
+
+class Estimator:
+    """Predicts op latencies from one profile (the rows of the profile's dtype).
+
+    Args:
+        profile: a loaded profile (see :func:`pis.profiles.store.load_profile`).
+        allow_roofline: price ops the profile lacks by roofline instead of raising.
+        quantize: ``"auto"`` (on for CUDA profiles), ``"align"``/``True`` or ``"none"``/``False``.
+        launch_floor: apply ``max(kernel, overhead)``; ``None`` means on for CUDA profiles.
+        name: how error messages name the profile (default: its device name and dtype).
+    """
+
+    def __init__(self, profile: Profile, *, allow_roofline: bool = False,
+                 quantize: str | bool = "auto", launch_floor: bool | None = None,
+                 name: str | None = None) -> None:
+        self.profile = profile
+        meta = profile.meta
+        self.dtype = _profile_dtype(profile)
+        self.device_kind = str(meta.get("device_kind", "")).lower()
+        self.is_cuda = self.device_kind in ("cuda", "gpu")
+        self.name = name or f"{meta.get('device_name', '<unnamed device>')} ({self.dtype})"
+        self.allow_roofline = allow_roofline
+        self.quantize = _quantize_mode(quantize, self.is_cuda)
+        self.launch_floor = self.is_cuda if launch_floor is None else bool(launch_floor)
+
+        self._rows = _rows_by_op(profile, self.dtype)
+        self.peak_flops, self.peak_bandwidth, self.peak_source = self._peaks()
+        ov = self._rows.get("overhead")
+        #: median per-op launch/dispatch overhead in µs (None: the profile has no overhead rows)
+        self.overhead_us: float | None = float(np.median(ov.times)) if ov is not None else None
+        #: utilization assumed for ops the profile lacks (median GEMM utilization)
+        self.default_utilization = self._default_utilization()
+        self._models: dict[str, _OpModel] = {}
+
+    # --- public API ---------------------------------------------------------------------
+
+    def ops(self) -> list[str]:
+        """Ops with measured rows of this estimator's dtype."""
+        return sorted(self._rows)
+
+    def speed_of_light_us(self, op: str, shape: Mapping[str, object]) -> np.ndarray:
+        """Roofline time of one call: max(FLOPs / peak FLOP/s, bytes / peak bytes/s), in µs."""
+        _kind(op)
+        flops = op_flops(op, shape)
+        nbytes = op_bytes(op, shape, self.dtype)
+        return np.maximum(flops / self.peak_flops, nbytes / self.peak_bandwidth) * 1e6
+
+    def predict(self, op: str, shape: Mapping[str, object]) -> OpPrediction:
+        """Latency of ``op`` for every shape in ``shape`` (column name -> array, broadcast).
+
+        Identical shapes are predicted once. Raises :class:`MissingOpError` when the profile
+        has no measured rows of ``op`` and the estimator does not allow roofline fallback.
+        """
+        kind = _kind(op)
+        keys, out_shape = _shape_matrix(kind, shape)
+        uniq, inverse = _unique_rows(keys)
+        kernel, source, extrap = self._predict_unique(op, uniq)
+        kernel, source, extrap = (a[inverse].reshape(out_shape) for a in (kernel, source, extrap))
+        time = kernel
+        if self.launch_floor and self.overhead_us is not None:
+            time = np.maximum(kernel, self.overhead_us)
+        return OpPrediction(time_us=time, source=source, extrapolated=extrap, kernel_us=kernel)
+
+    def op_time(self, op: str, shape: Mapping[str, object]) -> np.ndarray:
+        """What one call of ``op`` costs in the simulation (``predict(...).time_us``)."""
+        return self.predict(op, shape).time_us
+
+    def alignment(self, op: str = "gemm") -> dict[str, int]:
+        """The width alignment quantization rounds N and K up to (1: quantization has no effect)."""
+        return dict(self._model(op).align) if self._model(op) is not None else {}
+
+    def loo_errors(self, op: str = "gemm", by: str | None = None) -> pd.DataFrame:
+        """Leave-one-out relative error of every measured point of ``op``.
+
+        Each point is predicted from all the others (its exact hit disabled). With ``by`` a
+        shape column, every *value* of that column is held out at once instead (e.g.
+        ``by="n"``: predict each measured width from the other widths), which is what tests
+        tile quantization. Summary: :func:`loo_summary` (also in ``df.attrs["summary"]``).
+        """
+        data = self._rows.get(op)
+        if data is None:
+            raise MissingOpError(f"profile {self.name} has no measured {op!r} rows to cross-validate")
+        kind = OPS[op]
+        if not kind.columns:
+            raise PisError(f"op {op!r} has no shape to interpolate over")
+        if by is not None and by not in kind.columns:
+            raise PisError(f"--by {by!r} is not a shape column of {op} ({', '.join(kind.columns)})")
+        sol = self._sol_keys(op, data.keys)
+        pred = np.full(len(data.keys), np.nan)
+        source = np.full(len(data.keys), ROOFLINE, dtype=np.int8)
+        extrap = np.zeros(len(data.keys), dtype=bool)
+        if by is None:
+            model = self._model(op)
+            slow = np.zeros(len(data.keys), dtype=bool)
+            for part in model.parts.values():
+                if len(part.rows) < 2:
+                    slow[part.rows] = True
+                    continue
+                y, inside = part.interp.leave_one_out()
+                pred[part.rows] = sol[part.rows] / np.exp(y)
+                source[part.rows] = np.where(inside, INTERP, ROOFLINE)
+                extrap[part.rows] = ~inside | _outside_without_self(part.raw)
+            slow |= model.quantizes_when_held_out(data.keys) if self.quantize else False
+            slow &= np.isin(np.arange(len(data.keys)), model.interpolated_rows)
+            groups = [np.array([i]) for i in np.flatnonzero(slow)]
+        else:
+            col = data.keys[:, kind.columns.index(by)]
+            groups = [np.flatnonzero(col == v) for v in np.unique(col)]
+        for held in groups:
+            keep = np.ones(len(data.keys), dtype=bool)
+            keep[held] = False
+            if not keep.any():
+                continue
+            sub = _OpModel(op, _OpRows(data.keys[keep], data.times[keep]), sol[keep], self.quantize)
+            t, s, e = sub.predict(data.keys[held], lambda q: self._sol_keys(op, q))
+            pred[held], source[held], extrap[held] = t, np.where(s == EXACT, INTERP, s), e
+        df = pd.DataFrame(data.keys, columns=list(kind.columns))
+        df["measured_us"] = data.times
+        df["predicted_us"] = pred
+        df["rel_error"] = pred / data.times - 1.0
+        df["source"] = pd.Categorical.from_codes(source, categories=list(SOURCE_NAMES))
+        df["extrapolated"] = extrap
+        df = df[np.isfinite(df["rel_error"])].reset_index(drop=True)
+        df.attrs["summary"] = loo_summary(df)
+        return df
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _model(self, op: str) -> "_OpModel | None":
+        if op not in self._models:
+            data = self._rows.get(op)
+            if data is None or not OPS[op].columns:
+                return None
+            self._models[op] = _OpModel(op, data, self._sol_keys(op, data.keys), self.quantize)
+        return self._models[op]
+
+    def _sol_keys(self, op: str, keys: np.ndarray) -> np.ndarray:
+        cols = OPS[op].columns
+        return self.speed_of_light_us(op, {c: keys[:, j] for j, c in enumerate(cols)})
+
+    def _predict_unique(self, op: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(keys)
+        data = self._rows.get(op)
+        if data is None:
+            if not self.allow_roofline:
+                raise MissingOpError(
+                    f"profile {self.name} has no measured {op!r} rows; measure them (pis-calibrate "
+                    f"on a device that supports {op}) or pass --allow-roofline to estimate them as "
+                    f"speed of light / the profile's median GEMM utilization")
+            t = self._sol_keys(op, keys) / self.default_utilization
+            return t, np.full(n, ROOFLINE, dtype=np.int8), np.ones(n, dtype=bool)
+        if not OPS[op].columns:  # the overhead op: one scalar
+            return (np.full(n, float(np.median(data.times))), np.full(n, EXACT, dtype=np.int8),
+                    np.zeros(n, dtype=bool))
+        return self._model(op).predict(keys, lambda q: self._sol_keys(op, q))
+
+    def _peaks(self) -> tuple[float, float, dict[str, str]]:
+        meta = self.profile.meta
+        source: dict[str, str] = {}
+        achieved_flops, achieved_bw = [], []
+        for op, data in self._rows.items():
+            kind = OPS[op]
+            if not kind.columns:
+                continue
+            shape = {c: data.keys[:, j] for j, c in enumerate(kind.columns)}
+            secs = data.times * 1e-6
+            if op == "gemm" or "gemm" not in self._rows:
+                achieved_flops.append(op_flops(op, shape) / secs)
+            if op in MEMORY_OPS or (op in QUANTIZED_OPS and op != "gemm_2to4"):
+                bw = op_bytes(op, shape, self.dtype) / secs
+                achieved_bw.append(bw if op in MEMORY_OPS else bw[data.keys[:, 0] <= SMALL_M])
+        peaks = []
+        for key, achieved, what in (("peak_flops", achieved_flops, "max achieved GEMM FLOP/s"),
+                                    ("peak_bandwidth", achieved_bw,
+                                     "max achieved bytes/s of memory-bound ops and small-M GEMMs")):
+            value = meta.get(key)
+            if isinstance(value, (int, float)) and value > 0:
+                peaks.append(float(value))
+                source[key] = "metadata" + (f" ({meta['peak_source']})" if meta.get("peak_source") else "")
+                continue
+            vals = np.concatenate(achieved) if achieved else np.empty(0)
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            if not len(vals):
+                raise ProfileError(f"profile {self.name} has no {key} in its metadata and no rows "
+                                   f"to derive it from ({what})")
+            peaks.append(float(vals.max()))
+            source[key] = f"profile ({what})"
+        return peaks[0], peaks[1], source
+
+    def _default_utilization(self) -> float:
+        utils = []
+        for op, data in self._rows.items():
+            if OPS[op].columns and (op == "gemm" or "gemm" not in self._rows):
+                u = self._sol_keys(op, data.keys) / data.times
+                utils.append(u[np.isfinite(u) & (u > 0)])
+        vals = np.concatenate(utils) if utils else np.empty(0)
+        return float(np.median(vals)) if len(vals) else 1.0
+
+
+def loo_summary(df: pd.DataFrame) -> dict[str, float]:
+    """Median, p90 and max |relative error| in % of a :meth:`Estimator.loo_errors` table."""
+    err = np.abs(df["rel_error"].to_numpy()) * 100.0
+    out: dict[str, float] = {"n": int(len(err))}
+    if len(err):
+        out.update(median_abs_pct=float(np.median(err)), p90_abs_pct=float(np.percentile(err, 90)),
+                   max_abs_pct=float(err.max()))
+    for name in SOURCE_NAMES[1:]:
+        sel = (df["source"] == name).to_numpy()
+        out[f"n_{name}"] = int(sel.sum())
+        if sel.any():
+            out[f"median_abs_pct_{name}"] = float(np.median(err[sel]))
+    return out
+
+
+# --- per-op model ---------------------------------------------------------------------------
+
+@dataclass
+class _OpRows:
+    """Measured points of one op: integer shape keys (P, columns) and median latency (µs)."""
+
+    keys: np.ndarray
+    times: np.ndarray
+
+
+@dataclass
+class _Partition:
+    rows: np.ndarray          # indices into the op's rows
+    raw: np.ndarray           # their feature columns (integers), for range checks
+    interp: LogInterpolator
+
+    def __post_init__(self) -> None:
+        self.lo, self.hi = self.raw.min(axis=0), self.raw.max(axis=0)
+
+
+class _OpModel:
+    """Exact-hit index, per-partition interpolators and quantization of one op's rows."""
+
+    def __init__(self, op: str, data: _OpRows, sol: np.ndarray, quantize: bool) -> None:
+        cols = OPS[op].columns
+        self.op, self.data, self.quantize = op, data, quantize and op in QUANTIZED_OPS
+        self.part_idx = [j for j, c in enumerate(cols) if c in PARTITION_COLUMNS]
+        self.feat_idx = [j for j, c in enumerate(cols) if c not in PARTITION_COLUMNS]
+        self.index = _KeyIndex(data.keys, data.times)
+        util = np.log(sol / data.times)
+        valid = np.isfinite(util)  # SOL = 0 (empty shapes) cannot be interpolated, only hit
+        self.interpolated_rows = np.flatnonzero(valid)
+        part_keys = data.keys[:, self.part_idx]
+        self.parts: dict[tuple, _Partition] = {}
+        for pk in {tuple(r) for r in part_keys[valid].tolist()}:
+            rows = np.flatnonzero(valid & (part_keys == pk).all(axis=1))
+            raw = data.keys[rows][:, self.feat_idx]
+            self.parts[pk] = _Partition(rows, raw, LogInterpolator(_log_features(raw), util[rows], NEIGHBORS))
+        self.widths = {j: np.unique(data.keys[:, j]) for j, c in enumerate(cols) if c in QUANTIZED_COLUMNS}
+        self.align = {cols[j]: _alignment(v) for j, v in self.widths.items()}
+
+    def predict(self, keys: np.ndarray, sol_fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kernel time, source and extrapolated flag of unique shape ``keys`` (U, columns)."""
+        n = len(keys)
+        time = np.full(n, np.nan)
+        source = np.full(n, ROOFLINE, dtype=np.int8)
+        extrap = self._out_of_range(keys)
+        hit, value = self.index.lookup(keys)
+        time[hit], source[hit] = value[hit], EXACT
+        todo = ~hit
+        if self.quantize and todo.any():
+            q = keys.copy()
+            q[todo] = self._quantized(keys[todo])
+            moved = todo & (q != keys).any(axis=1)
+            hit_q, value_q = self.index.lookup(q)
+            done = moved & hit_q
+            time[done], source[done] = value_q[done], INTERP  # measured at the padded shape
+            todo &= ~done
+            keys = q
+        if todo.any():
+            t, inside = self._interpolate(keys[todo], sol_fn(keys[todo]))
+            time[todo] = t
+            source[todo] = np.where(inside, INTERP, ROOFLINE)
+            extrap[todo] |= ~inside
+        return time, source, extrap
+
+    def _interpolate(self, keys: np.ndarray, sol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        util = np.empty(len(keys))
+        inside = np.zeros(len(keys), dtype=bool)
+        feats = _log_features(keys[:, self.feat_idx])
+        for pk, sel in self._groups(keys):
+            part = self.parts.get(pk)
+            if part is None:  # unmeasured head_dim/causal: borrow the nearest partition, flagged
+                util[sel] = self._nearest_part(pk).interp(feats[sel])[0]
+                continue
+            util[sel], inside[sel] = part.interp(feats[sel])
+        return sol / np.exp(util), inside
+
+    def _groups(self, keys: np.ndarray) -> list[tuple[tuple, np.ndarray | slice]]:
+        """(partition key, row selector) for each partition the query rows fall in."""
+        if not self.part_idx:
+            return [((), slice(None))]
+        pk_all = keys[:, self.part_idx]
+        uniq, inv = np.unique(pk_all, axis=0, return_inverse=True)
+        return [(tuple(int(x) for x in u), inv.reshape(-1) == i) for i, u in enumerate(uniq)]
+
+    def _nearest_part(self, pk: tuple) -> _Partition:
+        def dist(other: tuple) -> float:
+            # causal must match first (weight 100), then the nearest head_dim in log space
+            return sum((100.0 if OPS[self.op].columns[j] == "causal" else 1.0)
+                       * abs(np.log(max(a, 1)) - np.log(max(b, 1)))
+                       for j, a, b in zip(self.part_idx, pk, other))
+        return self.parts[min(self.parts, key=dist)]
+
+    def _out_of_range(self, keys: np.ndarray) -> np.ndarray:
+        out = np.ones(len(keys), dtype=bool)  # an unmeasured partition is out of range
+        feats = keys[:, self.feat_idx]
+        for pk, sel in self._groups(keys):
+            part = self.parts.get(pk)
+            if part is not None:
+                out[sel] = ((feats[sel] < part.lo) | (feats[sel] > part.hi)).any(axis=1)
+        return out
+
+    def _quantized(self, keys: np.ndarray) -> np.ndarray:
+        q = keys.copy()
+        for j, widths in self.widths.items():
+            a = self.align[OPS[self.op].columns[j]]
+            v = keys[:, j]
+            up = -(-v // a) * a
+            use = ~np.isin(v, widths) & (up != v) & (up <= widths[-1])
+            q[use, j] = up[use]
+        return q
+
+    def quantizes_when_held_out(self, keys: np.ndarray) -> np.ndarray:
+        """Rows whose N or K no other row has and that quantization would move once held out."""
+        out = np.zeros(len(keys), dtype=bool)
+        for j, widths in self.widths.items():
+            v = keys[:, j]
+            vals, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+            for u in vals[counts == 1]:
+                others = widths[widths != u]
+                a = _alignment(others)
+                moved = len(others) and u % a != 0 and -(-u // a) * a <= others[-1]
+                out |= bool(moved) & (v == u)
+        return out
+
+
+class _KeyIndex:
+    """Exact lookup of integer shape rows (binary search on their bytes)."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
+        v = _void(keys)
+        order = np.argsort(v, kind="stable")
+        self.sorted, self.values = v[order], values[order]
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.sorted) == 0 or len(keys) == 0:
+            return np.zeros(len(keys), dtype=bool), np.full(len(keys), np.nan)
+        q = _void(keys)
+        pos = np.minimum(np.searchsorted(self.sorted, q), len(self.sorted) - 1)
+        return self.sorted[pos] == q, self.values[pos]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _kind(op: str) -> OpKind:
+    if op not in OPS:
+        raise PisError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    return OPS[op]
+
+
+def _quantize_mode(quantize: str | bool, is_cuda: bool) -> bool:
+    if isinstance(quantize, bool):
+        return quantize
+    modes = {"auto": is_cuda, "align": True, "none": False}
+    if quantize not in modes:
+        raise PisError(f"quantize must be one of {', '.join(modes)}, got {quantize!r}")
+    return modes[quantize]
+
+
+def _profile_dtype(profile: Profile) -> str:
+    dtype = profile.meta.get("dtype")
+    if dtype:
+        return str(dtype)
+    found = profile.ok_rows["dtype"].dropna().unique().tolist()
+    if len(found) != 1:
+        raise ProfileError(f"profile has no dtype in its metadata and rows of {len(found)} dtypes")
+    return str(found[0])
+
+
+def _rows_by_op(profile: Profile, dtype: str) -> dict[str, _OpRows]:
+    """Measured rows of ``dtype`` per op; unusable rows dropped, duplicates resolved.
+
+    Duplicates (an invalid profile; ``pis-profile validate`` reports them) keep the point with
+    more repeats, as ``pis-profile merge`` does.
+    """
+    ok = profile.ok_rows
+    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin(list(OPS))]
+    out: dict[str, _OpRows] = {}
+    for op, sub in ok.groupby("op", sort=True):
+        cols = list(OPS[str(op)].columns)
+        t = sub["median_us"].astype("float64")
+        good = t.notna() & (t > 0) & sub[cols].notna().all(axis=1)
+        sub = sub[good].sort_values("repeats", ascending=False, kind="stable")
+        if cols:
+            sub = sub.drop_duplicates(subset=cols)
+        if not len(sub):
+            continue
+        keys = sub[cols].to_numpy(dtype=np.int64) if cols else np.empty((len(sub), 0), np.int64)
+        out[str(op)] = _OpRows(keys, sub["median_us"].to_numpy(dtype=np.float64))
+    return out
+
+
+def _shape_matrix(kind: OpKind, shape: Mapping[str, object]) -> tuple[np.ndarray, tuple]:
+    """Broadcast the op's shape columns into an integer (N, columns) matrix."""
+    missing = [c for c in kind.columns if c not in shape]
+    if missing:
+        raise ValueError(f"shape of {kind.name} lacks {', '.join(missing)} (needs {', '.join(kind.columns)})")
+    arrays = np.broadcast_arrays(*[np.asarray(shape[c]) for c in kind.columns]) if kind.columns else []
+    out_shape = arrays[0].shape if arrays else ()
+    n = int(np.prod(out_shape))
+    mat = np.empty((n, len(kind.columns)), dtype=np.int64)
+    for j, a in enumerate(arrays):
+        a = a.reshape(-1)
+        mat[:, j] = np.rint(a) if a.dtype.kind == "f" else a
+    if (mat < 0).any():
+        raise ValueError(f"negative shape value for {kind.name}")
+    return mat, out_shape
+
+
+def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of an integer matrix and the inverse map (hash-based, O(N))."""
+    n, d = keys.shape
+    if n == 0 or d == 0:
+        return keys[:1], np.zeros(n, dtype=np.intp)
+    lo = keys.min(axis=0)
+    span = keys.max(axis=0) - lo + 1
+    if float(np.prod(span.astype(np.float64))) < 2.0 ** 62:
+        code = np.zeros(n, dtype=np.int64)
+        for j in range(d):
+            if span[j] > 1:  # constant columns (scalars broadcast by the caller) cost nothing
+                code = code * span[j] + (keys[:, j] - lo[j])
+        inverse, first = _factorize(code)
+        return keys[first], inverse
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1)
+
+
+def _factorize(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inverse, uniques = pd.factorize(code)
+    first = np.empty(len(uniques), dtype=np.intp)
+    first[inverse[::-1]] = np.arange(len(code) - 1, -1, -1)  # last write wins: first occurrence
+    return inverse, first
+
+
+def _void(keys: np.ndarray) -> np.ndarray:
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    return keys.view(np.dtype((np.void, 8 * keys.shape[1]))).reshape(-1)
+
+
+def _log_features(raw: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(raw, 1).astype(np.float64))
+
+
+def _alignment(widths: np.ndarray) -> int:
+    """Largest power of two (<= MAX_ALIGN) dividing every measured width >= MAX_ALIGN."""
+    big = widths[widths >= MAX_ALIGN]
+    if not len(big):
+        return 1
+    g = int(np.gcd.reduce(big))
+    return min(g & -g, MAX_ALIGN)
+
+
+def _outside_without_self(raw: np.ndarray) -> np.ndarray:
+    """Per point: does it fall outside the range of the *other* points in some column?"""
+    out = np.zeros(len(raw), dtype=bool)
+    for j in range(raw.shape[1]):
+        v = raw[:, j]
+        lo, hi = v.min(), v.max()
+        out |= ((v == lo) & ((v == lo).sum() == 1)) | ((v == hi) & ((v == hi).sum() == 1))
+    return out
