@@ -1,0 +1,383 @@
+"""Pruning families: pure functions from (model spec, design points, options) to op groups.
+
+Each family is one function building the ops of ``n`` decoder layers that share a sparsity,
+registered in :data:`FAMILIES` with one line. :func:`build_ops` adds the model's ends and, with
+``--layer-sparsity``, calls the family once per distinct per-layer value. Semantics per family
+are specified in ``simulator/FAMILIES.md`` (the same spec ``pis-validate`` executes). At
+sparsity 0 every family runs exactly the dense graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pis.errors import PisError
+from pis.simulator.models import ModelSpec
+from pis.simulator.opgraph import (Projector, attention, attention_block, dense_projector, ends,
+                                   gemm, memop, mlp_block, topk)
+from pis.simulator.points import OpGroup, Points
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Knobs shared by the families (CLI: --granularity, --align, --layer-sparsity)."""
+
+    #: static-depth: remove whole layers ("layer") or attention/MLP sublayers ("sublayer")
+    granularity: str = "layer"
+    #: kept FFN channels, hidden size and low-rank ranks round to a multiple of this
+    align: int = 64
+    #: one sparsity per decoder layer (non-uniform pruning), or None for uniform ``s``
+    layer_sparsity: tuple[float, ...] | None = None
+    #: dynamic-depth router bottleneck rank
+    router_rank: int = 16
+    #: sparse-attention KV block size
+    block: int = 64
+    #: dynamic-width FFN channel groups
+    ffn_groups: int = 8
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("layer", "sublayer"):
+            raise PisError(f"granularity must be 'layer' or 'sublayer', got {self.granularity!r}")
+        for f in ("align", "router_rank", "block", "ffn_groups"):
+            if int(getattr(self, f)) < 1:
+                raise PisError(f"{f} must be a positive integer")
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    # Round half up (numpy rounds half to even, which makes 0.5·L off by one for odd L).
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5 + 1e-9).astype(np.int64)
+
+
+def _ceil(x: np.ndarray) -> np.ndarray:
+    return np.ceil(np.asarray(x, dtype=np.float64) - 1e-9).astype(np.int64)
+
+
+def layers_removed(n_layers: "int | np.ndarray", s: "float | np.ndarray") -> np.ndarray:
+    """Static depth: layers removed out of ``n_layers`` at sparsity ``s`` (round half up)."""
+    return _round(np.asarray(s) * n_layers)
+
+
+def layers_kept(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
+    """Static depth: decoder layers that still run."""
+    return spec.layers - layers_removed(spec.layers, s)
+
+
+def pruned_heads(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
+    """Static width: query heads kept, a multiple of the KV-head count (at least one group)."""
+    g = spec.kv_heads
+    return np.maximum(g, _round((1.0 - np.asarray(s)) * spec.heads / g) * g)
+
+
+def _aligned(width: int, s: "float | np.ndarray", align: int) -> np.ndarray:
+    return np.minimum(width, np.maximum(align, _round((1.0 - np.asarray(s)) * width / align) * align))
+
+
+def pruned_ffn(spec: ModelSpec, s: "float | np.ndarray", align: int = 64) -> np.ndarray:
+    """Static width: FFN channels kept, a multiple of ``align``."""
+    return np.where(np.asarray(s) > 0, _aligned(spec.ffn, s, align), spec.ffn)
+
+
+def pruned_hidden(spec: ModelSpec, s: "float | np.ndarray", align: int = 64) -> np.ndarray:
+    """Static width, cross-layer: hidden size kept, a multiple of ``align``."""
+    return np.where(np.asarray(s) > 0, _aligned(spec.hidden, s, align), spec.hidden)
+
+
+def lowrank_rank(n: "int | np.ndarray", k: "int | np.ndarray", s: "float | np.ndarray",
+                 align: int = 64) -> np.ndarray:
+    """Rank keeping a fraction (1−s) of the N×K parameters in two factors, floored to ``align``."""
+    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    r = np.floor((1.0 - np.asarray(s)) * n * k / (n + k) / align + 1e-9) * align
+    return np.maximum(align, r).astype(np.int64)
+
+
+# --- projectors: how one linear layer executes under a family -------------------------------
+
+def _lowrank_projector(s: np.ndarray, align: int) -> Projector:
+    def proj(name: str, m: np.ndarray, n: np.ndarray, k: np.ndarray, count: np.ndarray) -> list[OpGroup]:
+        r = lowrank_rank(n, k, s, align)
+        lowrank = count * (s > 0)
+        return [gemm(name, m, n, k, count * (s == 0)),
+                gemm(f"{name}.A", m, r, k, lowrank),
+                gemm(f"{name}.B", m, n, r, lowrank)]
+    return proj
+
+
+def _masked_projector(s: np.ndarray) -> Projector:
+    def proj(name: str, m: np.ndarray, n: np.ndarray, k: np.ndarray, count: np.ndarray) -> list[OpGroup]:
+        return [gemm(name, m, n, k, count, work_scale=1.0 - s)]
+    return proj
+
+
+def _sparse24_projector(name: str, m: np.ndarray, n: np.ndarray, k: np.ndarray,
+                        count: np.ndarray) -> list[OpGroup]:
+    return [gemm(name, m, n, k, count, op="gemm_2to4")]
+
+
+# --- families: ops of ``n`` layers at sparsity ``s`` ------------------------------------------
+
+LayerFn = Callable[[ModelSpec, Points, np.ndarray, int, PruneOptions], list[OpGroup]]
+
+
+def _dense_layers(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions,
+                  proj: Projector = dense_projector) -> list[OpGroup]:
+    c = np.full(len(pts), float(n))
+    return attention_block(spec, pts, c, proj=proj) + mlp_block(spec, pts, c, proj=proj)
+
+
+def dense(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """The unpruned decoder."""
+    return _dense_layers(spec, pts, s, n, o)
+
+
+def static_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Static M: remove round(s·n) layers, or round(s·2n) sublayers (attention first)."""
+    if o.granularity == "layer":
+        kept = (n - layers_removed(n, s)).astype(np.float64)
+        return attention_block(spec, pts, kept) + mlp_block(spec, pts, kept)
+    removed = layers_removed(2 * n, s)
+    attn_kept = n - (removed + 1) // 2
+    mlp_kept = n - removed // 2
+    return attention_block(spec, pts, attn_kept.astype(float)) + mlp_block(spec, pts, mlp_kept.astype(float))
+
+
+def dynamic_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Dynamic M (Mixture-of-Depths): a router per sublayer sends (1−s) of the tokens through it."""
+    routed = n * (s > 0).astype(float)
+    full = n * (s == 0).astype(float)
+    t = pts.tokens
+    if pts.phase == "prefill":
+        kept_seq = _ceil((1.0 - s) * pts.seq_len)
+        t_k, attn = pts.batch * kept_seq, dict(attn_batch=pts.batch, q_len=kept_seq, kv_len=kept_seq)
+    else:
+        t_k = _ceil((1.0 - s) * pts.batch)
+        attn = dict(attn_batch=t_k, q_len=1, kv_len=_ceil((1.0 - s) * pts.context) + 1)
+    ops = attention_block(spec, pts, full) + mlp_block(spec, pts, full)
+    for block in ("attn", "mlp"):
+        ops += [gemm(f"{block}_router.down", t, o.router_rank, spec.hidden, routed, category="routing"),
+                gemm(f"{block}_router.up", t, 1, o.router_rank, routed, category="routing")]
+        if pts.phase == "prefill":
+            ops.append(topk(f"{block}_router.topk", pts.batch, pts.seq_len, kept_seq, routed))
+        ops.append(memop(f"{block}_gather", "gather", t_k * spec.hidden, routed, "routing"))
+    ops += attention_block(spec, pts, routed, tokens=t_k, residual="scatter_add", **attn)
+    ops += mlp_block(spec, pts, routed, tokens=t_k, residual="scatter_add")
+    return ops
+
+
+def static_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Static NK: fewer query heads (N of q, K of o) and FFN channels (N of gate/up, K of down)."""
+    c = np.full(len(pts), float(n))
+    return (attention_block(spec, pts, c, heads=pruned_heads(spec, s))
+            + mlp_block(spec, pts, c, ffn=pruned_ffn(spec, s, o.align)))
+
+
+def _hidden_layers(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    d = pruned_hidden(spec, s, o.align)
+    c = np.full(len(pts), float(n))
+    maps = 2.0 * n * (d < spec.hidden)
+    return (attention_block(spec, pts, c, hidden=d) + mlp_block(spec, pts, c, hidden=d)
+            + [gemm("residual_map", pts.tokens, d, d, maps)])
+
+
+def _split24_projector(sparse_share: np.ndarray) -> Projector:
+    def proj(name: str, m: np.ndarray, n: np.ndarray, k: np.ndarray, count: np.ndarray) -> list[OpGroup]:
+        return [gemm(name, m, n, k, count * (1.0 - sparse_share)),
+                gemm(f"{name}.2:4", m, n, k, count * sparse_share, op="gemm_2to4")]
+    return proj
+
+
+def semi_structured(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Static K with 2:4: a fraction 2s of the layers run every projection on sparse tensor cores."""
+    share = layers_removed(n, 2.0 * s) / n
+    return _dense_layers(spec, pts, s, n, o, proj=_split24_projector(share))
+
+
+def unstructured(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Static K mask: dense kernels on masked weights (only the FLOPs bound shrinks)."""
+    return _dense_layers(spec, pts, s, n, o, proj=_masked_projector(s))
+
+
+def low_rank(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Static K low-rank: each projection W (N×K) becomes x·Aᵀ (rank r) then ·Bᵀ."""
+    return _dense_layers(spec, pts, s, n, o, proj=_lowrank_projector(s, o.align))
+
+
+def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Dynamic NK on attention: a fraction (1−s) of KV blocks is attended, plus block selection."""
+    b, hd = o.block, spec.head_dim
+    on = (s > 0).astype(float)
+    c = np.full(len(pts), float(n))
+    if pts.phase == "decode":
+        blocks = _ceil(pts.kv_len / b)
+        kept = np.where(s > 0, np.minimum(pts.kv_len, _ceil((1.0 - s) * blocks) * b), pts.kv_len)
+        ops = attention_block(spec, pts, c, kv_len=kept)
+        rows = pts.batch * spec.heads
+    else:
+        blocks = _ceil(pts.seq_len / b)
+        # Block-sparse causal attention visits (1−s) of its blocks: its time scales with them.
+        ops = [g for g in attention_block(spec, pts, c) if g.name != "attention"]
+        ops.append(attention("attention", pts, c * (1.0 - s), batch=pts.batch, q_len=pts.q_len,
+                             kv_len=pts.kv_len, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=hd))
+        rows = pts.batch * spec.heads * blocks
+    kept_blocks = np.maximum(1, _ceil((1.0 - s) * blocks))
+    ops += [gemm("block_scores", rows, blocks, hd, c * on, category="routing"),
+            topk("block_topk", rows, blocks, kept_blocks, c * on)]
+    return ops + mlp_block(spec, pts, c)
+
+
+def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
+    """Dynamic NK (WIDE-like): per token, only (1−s) of head groups and FFN channel groups run."""
+    g, hd, nf = spec.kv_heads, spec.head_dim, o.ffn_groups
+    hg, fg = spec.group_size, max(1, spec.ffn // nf)
+    t, d_model = pts.tokens, spec.hidden
+    on, off = n * (s > 0).astype(float), n * (s == 0).astype(float)
+    t_g = np.maximum(1, _ceil((1.0 - s) * t))
+    ops = attention_block(spec, pts, off) + mlp_block(spec, pts, off)
+    if pts.phase == "prefill":
+        attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
+    else:
+        attn = dict(batch=t_g, q_len=1, kv_len=pts.kv_len)
+    ops += [memop("input_norm", "rmsnorm", t * d_model, on, "norm"),
+            gemm("width_router", t, g + nf, d_model, on, category="routing"),
+            topk("head_topk", t, g, _ceil((1.0 - s) * g), on),
+            topk("ffn_topk", t, nf, _ceil((1.0 - s) * nf), on),
+            gemm("k_proj", t, g * hd, d_model, on), gemm("v_proj", t, g * hd, d_model, on),
+            memop("rope_k", "rope", t * g * hd, on, "elementwise")]
+    per_head = on * g
+    ops += [memop("head_gather", "gather", t_g * d_model, per_head, "routing"),
+            gemm("q_proj", t_g, hg * hd, d_model, per_head),
+            memop("rope_q", "rope", t_g * hg * hd, per_head, "elementwise"),
+            attention("attention", pts, per_head, heads=hg, kv_heads=1, head_dim=hd, **attn),
+            gemm("o_proj", t_g, d_model, hg * hd, per_head),
+            memop("head_scatter", "scatter_add", t_g * d_model, per_head, "routing")]
+    per_ffn = on * nf
+    ops += [memop("post_attn_norm", "rmsnorm", t * d_model, on, "norm"),
+            memop("ffn_gather", "gather", t_g * d_model, per_ffn, "routing"),
+            gemm("gate_proj", t_g, fg, d_model, per_ffn), gemm("up_proj", t_g, fg, d_model, per_ffn),
+            memop("silu_mul", "silu_mul", t_g * fg, per_ffn, "elementwise"),
+            gemm("down_proj", t_g, d_model, fg, per_ffn),
+            memop("ffn_scatter", "scatter_add", t_g * d_model, per_ffn, "routing")]
+    return ops
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered pruning family."""
+
+    name: str
+    layers: LayerFn
+    summary: str
+    #: largest sparsity allowed (inclusive when ``max_inclusive``)
+    max_sparsity: float = 1.0
+    max_inclusive: bool = False
+    #: False where pruning is global (hidden size) and per-layer sparsity makes no sense
+    layerwise: bool = True
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("dense", dense, "no pruning"),
+    Family("static-depth", static_depth, "static M: drop round(s*L) layers"),
+    Family("dynamic-depth", dynamic_depth, "dynamic M: routers skip a fraction s of tokens per sublayer"),
+    Family("static-width", static_width, "static NK: drop query heads and FFN channels"),
+    Family("static-width-hidden", _hidden_layers, "static NK cross-layer: shrink the hidden size",
+           layerwise=False),
+    Family("semi-structured", semi_structured, "static K: 2:4 sparsity on a fraction 2s of layers",
+           max_sparsity=0.5, max_inclusive=True),
+    Family("unstructured", unstructured, "static K mask: dense kernels, no real speedup"),
+    Family("low-rank", low_rank, "static K low-rank: W -> two GEMMs of rank (1-s)NK/(N+K)"),
+    Family("sparse-attention", sparse_attention, "dynamic NK: attend a fraction 1-s of KV blocks"),
+    Family("dynamic-width", dynamic_width, "dynamic NK: tokens skip a fraction s of head/FFN groups"),
+)}
+
+
+def describe_families() -> dict[str, str]:
+    """Family name -> one-line summary (for --help)."""
+    return {k: f.summary for k, f in FAMILIES.items()}
+
+
+def get_family(method: str) -> Family:
+    """The family called ``method``, or a PisError listing the known ones."""
+    try:
+        return FAMILIES[method]
+    except KeyError:
+        raise PisError(f"unknown method {method!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def check_sparsity(fam: Family, spec: ModelSpec, s: np.ndarray, opts: PruneOptions) -> None:
+    """Raise PisError for sparsities the family cannot realize on ``spec``."""
+    s = np.asarray(s, dtype=np.float64)
+    hi = fam.max_sparsity
+    bad = (s < 0) | (s > hi if fam.max_inclusive else s >= hi) | ~np.isfinite(s)
+    if bad.any():
+        interval = f"[0, {hi}]" if fam.max_inclusive else f"[0, {hi:g})"
+        raise PisError(f"{fam.name}: sparsity {s[bad][0]:g} is outside {interval}")
+    if fam.name == "static-depth" and opts.layer_sparsity is None:
+        units = spec.layers * (2 if opts.granularity == "sublayer" else 1)
+        gone = layers_removed(units, s)
+        if (gone >= units).any():
+            raise PisError(f"static-depth: sparsity {s[gone >= units][0]:g} removes all {units} "
+                           f"{'sub' if units > spec.layers else ''}layers of {spec.name}")
+
+
+def _layer_groups(spec: ModelSpec, fam: Family, opts: PruneOptions) -> list[tuple[float, int]]:
+    values = np.asarray(opts.layer_sparsity, dtype=np.float64)
+    if len(values) != spec.layers:
+        raise PisError(f"--layer-sparsity has {len(values)} values but {spec.name} has {spec.layers} layers")
+    if not fam.layerwise:
+        raise PisError(f"{fam.name} prunes the hidden size of every layer at once; "
+                       "--layer-sparsity does not apply")
+    if fam.name == "static-depth":
+        if not np.isin(values, (0.0, 1.0)).all():
+            raise PisError("static-depth with --layer-sparsity: each value must be 0 (keep) or 1 (remove)")
+        if values.all():
+            raise PisError("static-depth: --layer-sparsity removes every layer")
+    else:
+        check_sparsity(fam, spec, values, opts)
+    uniq, counts = np.unique(values, return_counts=True)
+    return [(float(v), int(c)) for v, c in zip(uniq, counts)]
+
+
+def build_ops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | None = None) -> list[OpGroup]:
+    """Every op group the pruned decoder executes for the design points ``pts``."""
+    opts = opts or PruneOptions()
+    fam = get_family(method)
+    hidden = None
+    if opts.layer_sparsity is None or method == "dense":
+        check_sparsity(fam, spec, pts.sparsity, opts)
+        ops = fam.layers(spec, pts, pts.sparsity, spec.layers, opts)
+        if method == "static-width-hidden":
+            hidden = pruned_hidden(spec, pts.sparsity, opts.align)
+    else:
+        ops = []
+        for value, count in _layer_groups(spec, fam, opts):
+            ops += fam.layers(spec, pts, np.full(len(pts), value), count, opts)
+    return ends(spec, pts, hidden) + ops
+
+
+def calibration_shapes(spec: ModelSpec, sparsities: Sequence[float] = tuple(np.arange(10) / 10),
+                       align: int = 64) -> list[tuple[int, int]]:
+    """Every GEMM weight shape (N, K) the families produce on ``spec`` at ``sparsities``.
+
+    ``pis-calibrate --model`` measures these exactly, so width-pruned and low-rank GEMMs with
+    odd N/K hit the profile instead of being interpolated.
+    """
+    shapes: set[tuple[int, int]] = set()
+    d, f, hd, g = spec.hidden, spec.ffn, spec.head_dim, spec.kv_heads
+    for s in sparsities:
+        h = int(pruned_heads(spec, s)) if s > 0 else spec.heads
+        fp = int(pruned_ffn(spec, s, align))
+        dp = int(pruned_hidden(spec, s, align))
+        for dd in {d, dp}:
+            shapes |= {(h * hd, dd), (spec.heads * hd, dd), (g * hd, dd), (dd, h * hd),
+                       (dd, spec.heads * hd), (fp, dd), (f, dd), (dd, fp), (dd, f), (spec.vocab, dd),
+                       (dd, dd)}
+        if s > 0:
+            for n, k in [(spec.heads * hd, d), (g * hd, d), (d, spec.heads * hd), (f, d), (d, f)]:
+                r = int(lowrank_rank(n, k, s, align))
+                shapes |= {(r, k), (n, r)}
+    shapes |= {(16, d), (1, 16), (g + 8, d), (spec.group_size * hd, d), (d, spec.group_size * hd),
+               (max(1, f // 8), d), (d, max(1, f // 8))}
+    return sorted(shapes)
