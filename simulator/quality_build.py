@@ -98,7 +98,7 @@ def map_rows(published: pd.DataFrame, include_retrained: bool = False) -> pd.Dat
     for _, r in out.iterrows():
         if r["family"] not in FAMILY_MAP:
             reasons.append(f"unknown family label {r['family']!r}")
-        elif r["cli_family"] is None:
+        elif pd.isna(r["cli_family"]):
             reasons.append("no matching CLI family")
         elif pd.isna(r["sparsity_frac"]):
             reasons.append("no numeric sparsity")
