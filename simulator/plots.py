@@ -1,0 +1,161 @@
+"""Figures for the acceleration–quality study (needs the ``plot`` extra: matplotlib).
+
+matplotlib is imported only when a figure is drawn. Figures are drawn on an Agg canvas without
+touching pyplot's global backend, and saved as PNG and SVG with a fixed SVG hash salt and no
+date or software version in the metadata, so the same data gives the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pis.errors import PisError
+
+_SVG_META = {"Date": None, "Creator": None}
+_PNG_META = {"Software": None}
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PisError("plots need matplotlib: pip install 'pruninginfersim[plot]'") from None
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Any, stem: str | Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` deterministically; return the paths."""
+    import matplotlib
+
+    stem = Path(stem)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    with matplotlib.rc_context({"svg.hashsalt": "pis", "svg.fonttype": "path"}):
+        fig.savefig(paths[0], format="png", metadata=_PNG_META)
+        fig.savefig(paths[1], format="svg", metadata=_SVG_META)
+    return paths
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _title(df: pd.DataFrame) -> str:
+    parts = []
+    for col, fmt in (("model", "{}"), ("phase", "{}"), ("batch", "B={}"), ("seq_len", "S={}"),
+                     ("context_len", "ctx={}")):
+        if col not in df:
+            continue
+        if col == "seq_len" and "phase" in df and (df["phase"] != "prefill").all():
+            continue
+        if col == "context_len" and "phase" in df and (df["phase"] != "decode").all():
+            continue
+        vals = sorted(df[col].unique().tolist())
+        parts.append(fmt.format(vals[0] if len(vals) == 1 else "/".join(map(str, vals))))
+    return " ".join(parts)
+
+
+def pareto_figure(points: pd.DataFrame, front: pd.DataFrame | None = None,
+                  study_bands: pd.DataFrame | None = None, title: str | None = None) -> Any:
+    """Speedup vs quality loss of one scenario: each family's curve (solid, realized), its
+    theoretical bound (dashed, ``theoretical_speedup``), the Pareto frontier (black steps),
+    and optionally the study's bands as shaded spans."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ok = points[np.isfinite(points["quality_loss_pct"].to_numpy(float))]
+    methods = sorted(ok["method"].unique(), key=lambda m: (m != "dense", m))
+    colors = _colors(methods)
+    if study_bands is not None:
+        for b in study_bands.itertuples(index=False):
+            c = colors.get(b.family, "0.8")
+            ax.axvspan(b.loss_from, b.loss_to, color=c, alpha=0.08, lw=0)
+            ax.text((b.loss_from + b.loss_to) / 2, 0.99, f"study: {b.family}", rotation=90,
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7, color=c)
+    for m in methods:
+        g = ok[ok["method"] == m].sort_values("sparsity")
+        if m == "dense":
+            ax.plot(g["quality_loss_pct"].iloc[:1], g["speedup"].iloc[:1], "k*", ms=10, label="dense")
+            continue
+        ax.plot(g["quality_loss_pct"], g["speedup"], "o-", ms=3, lw=1.2, color=colors[m], label=m)
+        if "theoretical_speedup" in g:
+            ax.plot(g["quality_loss_pct"], g["theoretical_speedup"], "--", lw=1, color=colors[m], alpha=0.7)
+    if front is not None and len(front):
+        f = front.sort_values("quality_loss_pct")
+        xmax = max(float(ok["quality_loss_pct"].max()), float(f["quality_loss_pct"].max()))
+        ax.step(np.r_[f["quality_loss_pct"], xmax], np.r_[f["speedup"], f["speedup"].iloc[-1]],
+                where="post", color="k", lw=1.5, alpha=0.8, label="Pareto frontier")
+    ax.plot([], [], "k--", lw=1, label="theoretical bound (dashed)")
+    ax.set_xlabel("quality loss (% relative accuracy)")
+    ax.set_ylabel("speedup over dense (×)")
+    ax.set_title(title if title is not None else _title(points), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def breakdown_figure(points: pd.DataFrame, sparsity: float = 0.5, title: str | None = None) -> Any:
+    """Stacked latency bars by op category (``t_<category>_ms`` columns of a breakdown sweep):
+    dense and every family at the sparsity nearest ``sparsity``."""
+    cats = sorted(c for c in points.columns if c.startswith("t_") and c.endswith("_ms"))
+    if not cats:
+        raise PisError("latency breakdown needs a sweep with breakdown=True (t_<category>_ms columns)")
+    rows = []
+    for m, g in points.groupby("method", sort=False):
+        i = (g["sparsity"] - (0.0 if m == "dense" else sparsity)).abs().to_numpy().argmin()
+        rows.append(g.iloc[i])
+    bars = pd.DataFrame(rows).sort_values("method", key=lambda s: s.map(lambda m: (m != "dense", m)))
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    labels = [m if m == "dense" else f"{m}\ns={s:.2g}" for m, s in zip(bars["method"], bars["sparsity"])]
+    x = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
+    colors = _colors([c[2:-3] for c in cats])
+    for c in cats:
+        v = bars[c].to_numpy(float)
+        ax.bar(x, v, bottom=bottom, label=c[2:-3], color=colors[c[2:-3]], width=0.7)
+        bottom += v
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title if title is not None else f"latency breakdown, {_title(points)}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(points: pd.DataFrame, front: pd.DataFrame, out_dir: str | Path,
+                study_bands: pd.DataFrame | None = None, sparsity: float = 0.5) -> list[Path]:
+    """One Pareto and (with ``t_*_ms`` columns) one breakdown figure per scenario, PNG + SVG."""
+    from pis.simulator.pareto import scenario_columns
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PisError(f"--plot: {out_dir} is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cols = scenario_columns(points)
+    paths: list[Path] = []
+    for key, g in points.groupby(cols, sort=True) if cols else [((), points)]:
+        key = key if isinstance(key, tuple) else (key,)
+        tag = "_".join(f"{c}-{v}" for c, v in zip(cols, key) if points[c].nunique() > 1 or c == "phase")
+        tag = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in tag) or "all"
+        f = front
+        for c, v in zip(cols, key):
+            f = f[f[c] == v]
+        sb = study_bands if (study_bands is not None and "phase" in g and (g["phase"] == "prefill").all()) else None
+        paths += save(pareto_figure(g, f, sb), out / f"pareto_{tag}")
+        if any(c.startswith("t_") for c in g.columns):
+            paths += save(breakdown_figure(g, sparsity), out / f"breakdown_{tag}")
+    return paths
+
+
+__all__ = ["pareto_figure", "breakdown_figure", "write_plots", "save"]
