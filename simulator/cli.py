@@ -48,8 +48,8 @@ def _positive_int(t: str) -> int:
 
 def _sparsity(t: str) -> float:
     v = float(t)
-    if not math.isfinite(v):
-        raise ValueError(t)
+    if not (math.isfinite(v) and 0.0 <= v < 1.0):
+        raise PisError(f"--sparsity: {t} is outside [0, 1)")
     return v
 
 
@@ -156,6 +156,11 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
     if opts.layer_sparsity is not None:
         sparsities = [float(np.mean(opts.layer_sparsity))]
     est, path = load_estimator(profile, allow_roofline)
+    if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in est.ops():
+        # 'all' means every family the profile can answer; naming one explicitly still fails loudly.
+        methods = [m for m in methods if m != "semi-structured"]
+        click.echo("note: semi-structured skipped: the profile has no gemm_2to4 rows (2:4 needs a "
+                   "CUDA sm80+ profile); --allow-roofline estimates it", err=True)
     df = run_sweep(est, models, methods, sparsities, phases, batches, seq_lens, contexts, opts,
                    breakdown, jobs)
     return df, path
@@ -201,8 +206,8 @@ def _source_tag(frac: np.ndarray) -> str:
     return " ".join(f"{n}{100 * f:.0f}%" for n, f in zip(names, frac) if f >= 0.005)
 
 
-def write_output(df: pd.DataFrame, fmt: str, out: str | None, force: bool, breakdown: bool) -> None:
-    """Print or write results; never overwrite an existing file unless --force."""
+def check_output(fmt: str, out: str | None, force: bool) -> None:
+    """Fail before any work if the output cannot be written (or would overwrite a file)."""
     if fmt == "parquet" and out is None:
         raise PisError("--format parquet needs --out FILE")
     if out is not None:
@@ -211,6 +216,13 @@ def write_output(df: pd.DataFrame, fmt: str, out: str | None, force: bool, break
             raise PisError(f"{out} exists; pass --force to overwrite it")
         if not path.parent.exists():
             raise PisError(f"cannot write {out}: folder {path.parent} does not exist")
+
+
+def write_output(df: pd.DataFrame, fmt: str, out: str | None, force: bool, breakdown: bool) -> None:
+    """Print or write results atomically; never overwrite an existing file unless --force."""
+    check_output(fmt, out, force)
+    if out is not None:
+        path = Path(out)
         tmp = path.with_name(f".{path.name}.tmp")
         if fmt == "parquet":
             df.to_parquet(tmp, index=False)
@@ -262,6 +274,7 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
 
     Example: pis-simulate --method static-depth,static-width --sparsity 0,0.25,0.5 --batch 1,8
     """
+    check_output(fmt, out, force)
     t0 = time.perf_counter()
     df, path = sweep_from_options(profile, model, method, sparsity, phase, batch, seq_len, context,
                                   granularity, align, layer_sparsity, allow_roofline, jobs, breakdown)
@@ -275,7 +288,7 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
                    "range (flag EXTRAP / extrapolated=true)", err=True)
 
 
-__all__ = ["main", "common_options", "sweep_from_options", "write_output", "RESULT_COLUMNS"]
+__all__ = ["main", "common_options", "sweep_from_options", "check_output", "write_output", "RESULT_COLUMNS"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
