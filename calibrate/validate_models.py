@@ -1,0 +1,276 @@
+"""Real pruned models with random weights, ready to time one prefill or one decode step.
+
+Static families run through Hugging Face ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` built from
+a config derived from the :class:`ModelSpec` (pruned dimensions use the simulator's own rounding
+helpers, so the model that runs is the model that is predicted). Dynamic families run through
+:class:`pis.calibrate.reference_decoder.RefDecoder`, which really routes tokens.
+
+``build_model(...)`` returns a :class:`ModelUnderTest`; ``.runner(phase, batch, seq, context)``
+gives the zero-argument ``step`` to time and an untimed ``setup`` to call before every repeat
+(decode: a fresh KV cache of exactly ``context`` tokens, so every step sees the same length).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pis.errors import PisError
+from pis.calibrate.reference_decoder import ROUTED_FAMILIES, RefDecoder, RefOptions
+from pis.simulator.models import ModelSpec
+from pis.simulator.pruning import (PruneOptions, layers_kept, layers_removed, lowrank_rank,
+                                   pruned_ffn, pruned_heads, pruned_hidden)
+
+#: Families built through Hugging Face transformers.
+HF_FAMILIES: tuple[str, ...] = ("dense", "static-depth", "static-width", "static-width-hidden",
+                                "low-rank", "unstructured", "semi-structured")
+SUPPORTED: tuple[str, ...] = HF_FAMILIES + ROUTED_FAMILIES
+#: Linear layers of one decoder layer (attribute paths).
+PROJECTIONS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class Unsupported(Exception):
+    """This configuration cannot run on this device (reported as skipped, not an error)."""
+
+
+@dataclass
+class Runner:
+    """What to time: ``step()``; ``setup()`` runs untimed before every call of it."""
+
+    step: Callable[[], object]
+    setup: Callable[[], None] | None = None
+
+
+class ModelUnderTest:
+    """A built model that can produce runners for prefill and decode."""
+
+    backend: str = ""
+
+    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
+        raise NotImplementedError
+
+
+def _ids(vocab: int, batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=g).to(device)
+
+
+# --- Hugging Face (static families) ----------------------------------------------------------
+
+class PrunedLayer(nn.Module):
+    """Wraps an HF decoder layer: skip its attention and/or MLP sublayer, or add SliceGPT's
+    residual mapping GEMMs on both shortcuts. Mirrors ``LlamaDecoderLayer.forward``."""
+
+    def __init__(self, inner: nn.Module, skip_attn: bool = False, skip_mlp: bool = False,
+                 shortcut_dim: int | None = None) -> None:
+        super().__init__()
+        self.inner, self.skip_attn, self.skip_mlp = inner, skip_attn, skip_mlp
+        self.attn_map = nn.Linear(shortcut_dim, shortcut_dim, bias=False) if shortcut_dim else None
+        self.mlp_map = nn.Linear(shortcut_dim, shortcut_dim, bias=False) if shortcut_dim else None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        layer = self.inner
+        if not self.skip_attn:
+            residual = self.attn_map(hidden_states) if self.attn_map is not None else hidden_states
+            h = layer.input_layernorm(hidden_states)
+            h = layer.self_attn(hidden_states=h, **kwargs)[0]
+            hidden_states = residual + h
+        if not self.skip_mlp:
+            residual = self.mlp_map(hidden_states) if self.mlp_map is not None else hidden_states
+            hidden_states = residual + layer.mlp(layer.post_attention_layernorm(hidden_states))
+        return hidden_states
+
+
+def hf_config(spec: ModelSpec, **override: int):
+    """A transformers config for ``spec`` (SDPA attention), with dimensions overridden."""
+    try:
+        from transformers import LlamaConfig, Qwen2Config
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise PisError("pis-validate needs transformers (pip install 'pruninginfersim[validate]')") from err
+    cls = Qwen2Config if spec.arch == "qwen2" else LlamaConfig
+    kw = dict(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn,
+              num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+              num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
+              tie_word_embeddings=spec.tie_embeddings, max_position_embeddings=1 << 17)
+    kw.update(override)
+    cfg = cls(**kw)
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def _get(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *parents, attr = path.split(".")
+    for p in parents:
+        module = getattr(module, p)
+    return module, attr
+
+
+def _mask_2to4(w: torch.Tensor) -> torch.Tensor:
+    # Magnitude 2:4: keep the 2 largest of every 4 consecutive weights along K.
+    n, k = w.shape
+    groups = w.reshape(n, k // 4, 4)
+    keep = groups.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return (groups * mask).reshape(n, k)
+
+
+class HfModel(ModelUnderTest):
+    """A transformers causal LM; prefill computes logits of the last token only."""
+
+    backend = "hf"
+
+    def __init__(self, model: nn.Module, config, device: torch.device) -> None:
+        self.model, self.config, self.device = model, config, device
+        params = inspect.signature(model.forward).parameters
+        # transformers 5 renamed past_key_values to cache (the old name still works, with a warning).
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _kv(self, batch: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cfg, p = self.config, next(self.model.parameters())
+        g = torch.Generator().manual_seed(1)
+        shape = (batch, cfg.num_key_value_heads, context, cfg.head_dim)
+        # Every layer gets a cache (also layers whose attention is skipped), so the cache's
+        # length — read from layer 0 — is right for positions and masks.
+        return [(torch.randn(shape, generator=g).to(p.device, p.dtype),
+                 torch.randn(shape, generator=g).to(p.device, p.dtype))
+                for _ in range(cfg.num_hidden_layers)]
+
+    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
+        model = self.model
+        if phase == "prefill":
+            ids = _ids(self.config.vocab_size, batch, seq_len, self.device)
+            return Runner(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1))
+        from transformers import DynamicCache
+        kv = self._kv(batch, context)
+        ids = _ids(self.config.vocab_size, batch, 1, self.device)
+        state: dict = {}
+
+        def setup() -> None:
+            state["cache"] = DynamicCache(kv, config=self.config)
+
+        def step() -> object:
+            return model(input_ids=ids, use_cache=True, **{self.cache_kw: state["cache"]})
+
+        return Runner(step, setup)
+
+
+def _static_config(spec: ModelSpec, method: str, s: float, opts: PruneOptions) -> dict[str, int]:
+    if method == "static-depth" and opts.granularity == "layer":
+        return dict(num_hidden_layers=int(layers_kept(spec, s)))
+    if method == "static-width":
+        return dict(num_attention_heads=int(pruned_heads(spec, s)),
+                    intermediate_size=int(pruned_ffn(spec, s, opts.align)))
+    if method == "static-width-hidden":
+        return dict(hidden_size=int(pruned_hidden(spec, s, opts.align)))
+    return {}
+
+
+def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype: torch.dtype,
+             opts: PruneOptions) -> HfModel:
+    """The statically pruned HF model of ``method`` at sparsity ``s`` (random weights, eval)."""
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    if method == "semi-structured" and (device.type != "cuda" or dtype == torch.float32):
+        raise Unsupported("2:4 semi-structured sparsity needs a CUDA GPU and half precision")
+    cfg = hf_config(spec, **_static_config(spec, method, s, opts))
+    cls = Qwen2ForCausalLM if spec.arch == "qwen2" else LlamaForCausalLM
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(cfg)
+    model = model.to(dtype).eval()
+    layers = model.model.layers
+    d = cfg.hidden_size
+    if method == "static-depth" and opts.granularity == "sublayer":
+        removed = int(layers_removed(2 * spec.layers, s))
+        attn_gone, mlp_gone = (removed + 1) // 2, removed // 2
+        n = len(layers)
+        # Remove sublayers from the last layers: layer 0 keeps its attention (and its cache).
+        for i in range(n):
+            layers[i] = PrunedLayer(layers[i], skip_attn=i >= n - attn_gone, skip_mlp=i >= n - mlp_gone)
+    elif method == "static-width-hidden" and d < spec.hidden:
+        for i in range(len(layers)):
+            layers[i] = PrunedLayer(layers[i], shortcut_dim=d).to(device=device, dtype=dtype)
+    elif method == "low-rank" and s > 0:
+        for layer in layers:
+            for path in PROJECTIONS:
+                parent, attr = _get(layer, path)
+                lin = getattr(parent, attr)
+                n_out, k_in = lin.weight.shape
+                r = int(lowrank_rank(n_out, k_in, s, opts.align))
+                setattr(parent, attr, nn.Sequential(
+                    nn.Linear(k_in, r, bias=False), nn.Linear(r, n_out, bias=lin.bias is not None),
+                ).to(device=device, dtype=dtype))
+    elif method == "unstructured" and s > 0:
+        # Masked weights run the same dense kernels; mask them anyway so the model is honest.
+        g = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            for layer in layers:
+                for path in PROJECTIONS:
+                    w = getattr(*_get(layer, path)).weight
+                    w.mul_(torch.rand(w.shape, generator=g, device=device) >= s)
+    elif method == "semi-structured" and s > 0:
+        from torch.sparse import to_sparse_semi_structured
+
+        n_sparse = int(layers_removed(spec.layers, 2.0 * s))
+        try:
+            for layer in list(layers)[:n_sparse]:
+                for path in PROJECTIONS:
+                    lin = getattr(*_get(layer, path))
+                    lin.weight = nn.Parameter(to_sparse_semi_structured(_mask_2to4(lin.weight.detach())),
+                                              requires_grad=False)
+        except (RuntimeError, ValueError, NotImplementedError) as err:
+            raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
+    return HfModel(model, cfg, device)
+
+
+# --- reference decoder (dynamic families) ------------------------------------------------------
+
+class RefModel(ModelUnderTest):
+    """The reference decoder; decode gets fresh random caches before every step."""
+
+    backend = "reference"
+
+    def __init__(self, model: RefDecoder, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
+        m, spec = self.model, self.model.spec
+        if phase == "prefill":
+            ids = _ids(spec.vocab, batch, seq_len, self.device)
+            return Runner(lambda: m.prefill(ids))
+        ids = _ids(spec.vocab, batch, 1, self.device)
+        template = m.make_caches(batch, context, generator=None)
+        state: dict = {}
+
+        def setup() -> None:
+            # The routed steps write the new token into the cache in place; refresh the copies.
+            state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
+
+        return Runner(lambda: m.decode(ids, state["caches"], context), setup)
+
+
+def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device,
+                    dtype: torch.dtype, opts: PruneOptions) -> RefModel:
+    """The reference decoder of ``method`` at sparsity ``s`` (random weights, eval)."""
+    torch.manual_seed(0)
+    ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups)
+    with torch.device(device):
+        model = RefDecoder(spec, method, s, ref_opts)
+    return RefModel(model.to(dtype).eval(), device)
+
+
+def build_model(spec: ModelSpec, method: str, sparsity: float, device: torch.device,
+                dtype: torch.dtype, opts: PruneOptions | None = None,
+                reference_dense: bool = False) -> ModelUnderTest:
+    """The real model of ``method``; ``reference_dense`` runs ``dense`` on the reference decoder."""
+    opts = opts or PruneOptions()
+    if method not in SUPPORTED:
+        raise PisError(f"pis-validate cannot build {method!r}; it builds {', '.join(SUPPORTED)}")
+    if method in ROUTED_FAMILIES or (method == "dense" and reference_dense):
+        return build_reference(spec, method, sparsity, device, dtype, opts)
+    return build_hf(spec, method, sparsity, device, dtype, opts)
