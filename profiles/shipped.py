@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pis.errors import ProfileError
 
-#: The embedded default, in order of preference: a measured H100 profile once one ships,
+#: The embedded default, in order of preference: a measured H100 or H200 profile,
 #: otherwise the measured CPU profile of the 2-core development/CI machine.
-DEFAULT_ORDER: tuple[str, ...] = ("h100", "cpu-2core")
+DEFAULT_ORDER: tuple[str, ...] = ("h100", "h200", "cpu-2core")
 
 
 def shipped_profiles() -> dict[str, Path]:
