@@ -1,0 +1,266 @@
+"""One builder per op kind of :data:`pis.profiles.schema.OPS`: (shape, dtype, device) -> callable.
+
+Each builder allocates random inputs (never zeros: zeros can run faster than real data) and
+returns a :class:`Bench` whose ``fn`` runs the op once, exactly as a Hugging Face decoder runs it,
+with the same meaning of the shape columns as the schema:
+
+* ``gemm(m, n, k)``: ``F.linear(x[m, k], W[n, k])``.
+* ``gemm_2to4(m, n, k)``: the same with ``W`` pruned 2:4 and converted by
+  ``torch.sparse.to_sparse_semi_structured`` (CUDA sm80+ only).
+* ``attn_prefill`` / ``attn_decode``: ``F.scaled_dot_product_attention`` on
+  ``q[batch, heads, q_len, d]``, ``k, v[batch, kv_heads, kv_len, d]`` with ``enable_gqa=True``
+  (older torch: K/V are ``repeat_interleave``-d to ``heads``); decode is ``q_len`` new tokens
+  against the KV cache, not causal.
+* ``rmsnorm(numel)``: ``F.rms_norm`` over ``[numel / h, h]`` with ``h = gcd(numel, 4096)``:
+  4096 (a typical hidden size) whenever it divides numel, else the largest power-of-two split.
+* ``silu_mul(numel)``: ``F.silu(gate) * up``; ``add(numel)``: ``a + b``.
+* ``rope(numel)``: HF ``q * cos + rotate_half(q) * sin`` on ``[tokens, heads, d]`` with
+  ``d = 128`` (``cos``/``sin`` per token, broadcast over heads).
+* ``gather(numel)``: ``index_select`` of ``numel / h`` random rows of width ``h`` from a table
+  with twice as many rows; ``scatter_add(numel)``: ``index_add_`` of ``numel / h`` rows into a
+  residual stream of twice as many rows (distinct indices, as kept tokens are).
+* ``topk(m, n, k)``: ``torch.topk(x[m, n], k)``.
+* ``overhead``: wall time per call of a stream of tiny ops (one-element ``add``), i.e. the rate
+  at which eager PyTorch issues ops; on CUDA this is the per-op launch floor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pis.calibrate.device import cuda_capability
+from pis.profiles.schema import OPS
+
+#: Hidden width assumed for the row-wise memory ops (rmsnorm, gather, scatter_add).
+ROW_WIDTH = 4096
+#: Head dim assumed for rope.
+ROPE_DIM = 128
+#: Tiny ops issued per sample of the overhead op.
+OVERHEAD_INNER = 200
+
+
+class Unsupported(Exception):
+    """The op cannot run on this device / dtype (recorded as ``skipped_unsupported``)."""
+
+
+@dataclass
+class Bench:
+    """A ready-to-time op call."""
+
+    fn: Callable[[], object]
+    backend: str
+    #: wall mode: ``fn`` issues ``inner`` calls, time per call = wall time / inner
+    inner: int = 1
+    wall: bool = False
+
+
+Shape = Mapping[str, int]
+Builder = Callable[[Shape, torch.dtype, torch.device], Bench]
+
+
+def _rand(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # uniform_ in place is ~3x faster than randn on the CPU, and large weights dominate setup.
+    return torch.empty(shape, dtype=dtype, device=device).uniform_(-1.0, 1.0)
+
+
+def _prefix(device: torch.device) -> str:
+    return "cpu-" if device.type == "cpu" else ""
+
+
+def _row_split(numel: int) -> tuple[int, int]:
+    width = math.gcd(int(numel), ROW_WIDTH)
+    return int(numel) // width, width
+
+
+def _linear_backend(device: torch.device) -> str:
+    return "cpu-linear" if device.type == "cpu" else "cublas"
+
+
+def build_gemm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    x = _rand(s["m"], s["k"], dtype=dtype, device=device)
+    w = _rand(s["n"], s["k"], dtype=dtype, device=device)
+    return Bench(lambda: F.linear(x, w), _linear_backend(device))
+
+
+def _mask_2to4(w: torch.Tensor) -> torch.Tensor:
+    # Keep the 2 largest of every 4 consecutive weights along K (magnitude 2:4 pruning).
+    n, k = w.shape
+    groups = w.reshape(n, k // 4, 4)
+    keep = groups.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return (groups * mask).reshape(n, k)
+
+
+def build_gemm_2to4(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    cap = cuda_capability(device)
+    if cap is None or cap < (8, 0):
+        raise Unsupported("2:4 sparse tensor cores need a CUDA sm80+ GPU")
+    if dtype == torch.float32:
+        raise Unsupported("2:4 sparse GEMM runs in half precision only")
+    try:
+        from torch.sparse import to_sparse_semi_structured
+    except ImportError as err:
+        raise Unsupported(f"torch {torch.__version__} lacks semi-structured sparsity") from err
+    x = _rand(s["m"], s["k"], dtype=dtype, device=device)
+    try:
+        w = to_sparse_semi_structured(_mask_2to4(_rand(s["n"], s["k"], dtype=dtype, device=device)))
+        F.linear(x, w)
+    except (RuntimeError, ValueError, NotImplementedError) as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
+    kind = type(w).__name__.lower()  # SparseSemiStructuredTensorCUSPARSELT / ...CUTLASS
+    backend = next((b for b in ("cusparselt", "cutlass") if b in kind), "semi-structured")
+    return Bench(lambda: F.linear(x, w), f"2:4-{backend}")
+
+
+_SDPA_NAMES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def _sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, gqa: bool) -> str:
+    """The fused kernel torch's dispatcher picks for these inputs (its own choice function)."""
+    choice = getattr(torch, "_fused_sdp_choice", None)
+    if choice is None:
+        return "sdpa"
+    try:
+        kw = {"is_causal": causal, "enable_gqa": True} if gqa else {"is_causal": causal}
+        return _SDPA_NAMES.get(int(choice(q, k, v, **kw)), "sdpa")
+    except (RuntimeError, TypeError):
+        return "sdpa"
+
+
+def _supports_gqa() -> bool:
+    try:
+        import inspect
+
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):  # builtin without a signature: probe it
+        q = torch.ones(1, 2, 1, 8)
+        try:
+            F.scaled_dot_product_attention(q, q[:, :1], q[:, :1], enable_gqa=True)
+            return True
+        except TypeError:
+            return False
+
+
+def build_attention(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    b, h, g, d = s["batch"], s["heads"], s["kv_heads"], s["head_dim"]
+    causal = bool(s["causal"])
+    q = _rand(b, h, s["q_len"], d, dtype=dtype, device=device)
+    k = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
+    v = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
+    sdpa = F.scaled_dot_product_attention
+    if h == g:
+        fn = lambda: sdpa(q, k, v, is_causal=causal)  # noqa: E731
+        name = _sdpa_backend(q, k, v, causal, gqa=False)
+    elif _supports_gqa():
+        fn = lambda: sdpa(q, k, v, is_causal=causal, enable_gqa=True)  # noqa: E731
+        name = _sdpa_backend(q, k, v, causal, gqa=True)
+    else:
+        rep = h // g
+
+        def fn() -> torch.Tensor:
+            return sdpa(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=causal)
+
+        name = _sdpa_backend(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), causal, False) + "+repeat_kv"
+    return Bench(fn, _prefix(device) + name)
+
+
+def build_rmsnorm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    rows, width = _row_split(s["numel"])
+    x = _rand(rows, width, dtype=dtype, device=device)
+    weight = _rand(width, dtype=dtype, device=device)
+    return Bench(lambda: F.rms_norm(x, (width,), weight, eps=1e-6), _prefix(device) + "rms_norm")
+
+
+def build_silu_mul(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    gate = _rand(s["numel"], dtype=dtype, device=device)
+    up = _rand(s["numel"], dtype=dtype, device=device)
+    return Bench(lambda: F.silu(gate) * up, _prefix(device) + "eager")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def build_rope(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    numel = int(s["numel"])
+    d = math.gcd(numel, ROPE_DIM)
+    heads = math.gcd(numel // d, 32)
+    tokens = numel // (d * heads)
+    x = _rand(tokens, heads, d, dtype=dtype, device=device)
+    cos = _rand(tokens, 1, d, dtype=dtype, device=device)
+    sin = _rand(tokens, 1, d, dtype=dtype, device=device)
+    return Bench(lambda: x * cos + _rotate_half(x) * sin, _prefix(device) + "eager")
+
+
+def build_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    a = _rand(s["numel"], dtype=dtype, device=device)
+    b = _rand(s["numel"], dtype=dtype, device=device)
+    return Bench(lambda: a + b, _prefix(device) + "eager")
+
+
+def _indices(rows: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(rows)
+    return torch.randperm(2 * rows, generator=gen)[:rows].to(device)
+
+
+def build_gather(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    rows, width = _row_split(s["numel"])
+    table = _rand(2 * rows, width, dtype=dtype, device=device)
+    idx = _indices(rows, device)
+    return Bench(lambda: table.index_select(0, idx), _prefix(device) + "index_select")
+
+
+def build_scatter_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    rows, width = _row_split(s["numel"])
+    residual = _rand(2 * rows, width, dtype=dtype, device=device)
+    src = _rand(rows, width, dtype=dtype, device=device)
+    idx = _indices(rows, device)
+    return Bench(lambda: residual.index_add_(0, idx, src), _prefix(device) + "index_add_")
+
+
+def build_topk(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    x = _rand(s["m"], s["n"], dtype=dtype, device=device)
+    k = int(s["k"])
+    return Bench(lambda: torch.topk(x, k, dim=-1), _prefix(device) + "topk")
+
+
+def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    a = _rand(1, dtype=dtype, device=device)
+    b = _rand(1, dtype=dtype, device=device)
+    out = torch.empty_like(a)
+
+    def fn() -> None:
+        for _ in range(OVERHEAD_INNER):
+            torch.add(a, b, out=out)
+
+    return Bench(fn, _prefix(device) + "eager-add", inner=OVERHEAD_INNER, wall=True)
+
+
+BUILDERS: dict[str, Builder] = {
+    "gemm": build_gemm,
+    "gemm_2to4": build_gemm_2to4,
+    "attn_prefill": build_attention,
+    "attn_decode": build_attention,
+    "rmsnorm": build_rmsnorm,
+    "silu_mul": build_silu_mul,
+    "rope": build_rope,
+    "add": build_add,
+    "gather": build_gather,
+    "scatter_add": build_scatter_add,
+    "topk": build_topk,
+    "overhead": build_overhead,
+}
+assert set(BUILDERS) == set(OPS), "every schema op needs a builder"
+
+
+def build(op: str, shape: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """The benchmark of ``op`` at ``shape`` (raises :class:`Unsupported` when it cannot run)."""
+    return BUILDERS[op](shape, dtype, device)

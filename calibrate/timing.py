@@ -1,0 +1,234 @@
+"""Honest latency measurement of one zero-argument callable (in the spirit of triton's do_bench).
+
+* CUDA: one pair of CUDA events per repeat brackets only the op; before each repeat a buffer of
+  at least twice the L2 size is overwritten, so every repeat starts with a cold L2 (as the
+  weights of a real decoder layer do). The flush kernel is queued just before the start event,
+  so the op's own launch is hidden behind it and the events measure the kernels, not the CPU
+  launch (the launch floor is the separate ``overhead`` op). Optionally the op is captured in a
+  CUDA graph and replayed, which also removes the launch gaps *between* the kernels of a
+  multi-kernel op (rope, silu_mul).
+* CPU: ``time.perf_counter`` around each call; the timings include PyTorch's dispatch.
+* Wall mode (the ``overhead`` op): wall time of a batch of ``inner`` back-to-back calls,
+  synchronized once, divided by ``inner``: the rate at which the framework issues ops.
+
+Repeats adapt to the op: after warm-up, one call is estimated and the repeat count chosen so
+the point takes about ``target_s`` (clamped to ``[min_repeats, max_repeats]``). When the spread
+``(p90 - p10) / median`` exceeds ``max_spread`` the point is measured once more with twice the
+repeats and the new measurement is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Fn = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of the per-repeat latencies of one point, in microseconds."""
+
+    median_us: float
+    p10_us: float
+    p90_us: float
+    repeats: int
+    #: True when the CUDA graph replay of the op was timed
+    graph: bool = False
+
+    @property
+    def spread(self) -> float:
+        """Relative spread ``(p90 - p10) / median``."""
+        return (self.p90_us - self.p10_us) / self.median_us if self.median_us > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How hard to try per point."""
+
+    #: measured time to aim for per point (sum over repeats), seconds
+    target_s: float = 0.05
+    min_repeats: int = 5
+    max_repeats: int = 200
+    #: calls before measuring (compilation, caches, cuBLAS heuristics, allocator)
+    warmup: int = 2
+    #: re-measure once when (p90 - p10) / median is wider than this
+    max_spread: float = 0.3
+    #: CUDA only: time CUDA-graph replays (falls back to eager when capture fails)
+    cuda_graphs: bool = False
+
+
+def summarize(samples_s: "np.ndarray | list[float]", graph: bool = False) -> Timing:
+    """Median and 10th/90th percentiles of per-repeat seconds, as a :class:`Timing` in µs."""
+    us = np.asarray(samples_s, dtype=np.float64) * 1e6
+    p10, med, p90 = np.percentile(us, [10, 50, 90])
+    return Timing(float(med), float(min(p10, med)), float(max(p90, med)), int(us.size), graph)
+
+
+class Timer:
+    """Adaptive repeats and the spread check; subclasses supply warm-up and sampling."""
+
+    def __init__(self, config: TimingConfig) -> None:
+        self.config = config
+
+    def measure(self, fn: Fn, *, inner: int = 1, wall: bool = False) -> Timing:
+        """Time ``fn``; with ``wall=True`` each sample is one call's wall time over ``inner``."""
+        cfg = self.config
+        if wall:
+            run = self._prepare(fn, graphs=False)
+            for _ in range(max(cfg.warmup, 1)):
+                self._wall_sample(run, inner)
+            est = self._wall_sample(run, inner) * inner
+            n = self._repeats(est)
+            return summarize([self._wall_sample(run, inner) for _ in range(n)])
+        run = self._prepare(fn, graphs=cfg.cuda_graphs)
+        graph = run is not fn
+        for _ in range(cfg.warmup):
+            run()
+        n = self._repeats(self._estimate(run))
+        timing = summarize(self._samples(run, n), graph)
+        if timing.spread > cfg.max_spread:
+            timing = summarize(self._samples(run, 2 * n), graph)
+        return timing
+
+    def _repeats(self, seconds_per_call: float) -> int:
+        cfg = self.config
+        want = cfg.target_s / max(seconds_per_call + self._per_repeat_cost(), 1e-9)
+        return int(min(max(math.ceil(want), cfg.min_repeats), cfg.max_repeats))
+
+    # --- hooks -------------------------------------------------------------------------
+    def _prepare(self, fn: Fn, graphs: bool) -> Fn:
+        return fn
+
+    def _per_repeat_cost(self) -> float:
+        return 0.0
+
+    def _estimate(self, fn: Fn) -> float:
+        raise NotImplementedError
+
+    def _samples(self, fn: Fn, n: int) -> list[float]:
+        raise NotImplementedError
+
+    def _wall_sample(self, fn: Fn, inner: int) -> float:
+        raise NotImplementedError
+
+
+class CpuTimer(Timer):
+    """``time.perf_counter`` per call (threads: whatever ``torch.set_num_threads`` says)."""
+
+    method = "cpu: time.perf_counter per call, median of adaptive repeats"
+
+    def _estimate(self, fn: Fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def _samples(self, fn: Fn, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def _wall_sample(self, fn: Fn, inner: int) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) / inner
+
+
+class CudaTimer(Timer):
+    """CUDA events per repeat around the op only, L2 flushed before every repeat."""
+
+    def __init__(self, config: TimingConfig, device: torch.device) -> None:
+        super().__init__(config)
+        self.device = device
+        props = torch.cuda.get_device_properties(device)
+        l2 = int(getattr(props, "L2_cache_size", 0) or 64 * 2**20)
+        #: overwritten before every repeat: at least twice the L2 size
+        self.flush_bytes = max(2 * l2, 64 * 2**20)
+        self._flush_buf = torch.empty(self.flush_bytes, dtype=torch.int8, device=device)
+        self._flush_s = self._time_flush()
+
+    @property
+    def method(self) -> str:
+        graphs = ", CUDA-graph replay" if self.config.cuda_graphs else ""
+        return (f"cuda: events around the op per repeat, {self.flush_bytes // 2**20} MiB L2 flush "
+                f"between repeats{graphs}, median of adaptive repeats")
+
+    def _flush(self) -> None:
+        self._flush_buf.fill_(1)
+
+    def _time_flush(self) -> float:
+        for _ in range(3):
+            self._flush()
+        torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            self._flush()
+        torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - t0) / 10
+
+    def _per_repeat_cost(self) -> float:
+        return self._flush_s
+
+    def _prepare(self, fn: Fn, graphs: bool) -> Fn:
+        if not graphs:
+            return fn
+        try:
+            # Warm up on a side stream first, as graph capture requires.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(max(self.config.warmup, 1)):
+                    fn()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            torch.cuda.synchronize(self.device)
+            return graph.replay
+        except RuntimeError:
+            # Not capturable (host sync inside, unsupported kernel): time it eagerly.
+            torch.cuda.synchronize(self.device)
+            return fn
+
+    def _estimate(self, fn: Fn) -> float:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        self._flush()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+
+    def _samples(self, fn: Fn, n: int) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for s, e in zip(starts, ends):
+            self._flush()
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+
+    def _wall_sample(self, fn: Fn, inner: int) -> float:
+        torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - t0) / inner
+
+
+def make_timer(device: torch.device, config: TimingConfig) -> Timer:
+    """The timer for ``device``."""
+    if device.type == "cuda":
+        return CudaTimer(config, device)
+    return CpuTimer(config)
