@@ -134,16 +134,19 @@ def breakdown_figure(points: pd.DataFrame, sparsity: float = 0.5, title: str | N
 
 
 def write_plots(points: pd.DataFrame, front: pd.DataFrame, out_dir: str | Path,
-                study_bands: pd.DataFrame | None = None, sparsity: float = 0.5) -> list[Path]:
-    """One Pareto and (with ``t_*_ms`` columns) one breakdown figure per scenario, PNG + SVG."""
+                study_bands: pd.DataFrame | None = None, sparsity: float = 0.5,
+                force: bool = False) -> list[Path]:
+    """One Pareto and (with ``t_*_ms`` columns) one breakdown figure per scenario, PNG + SVG.
+
+    Existing files are an error unless ``force``; ``study_bands`` shade prefill figures only.
+    """
     from pis.simulator.pareto import scenario_columns
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PisError(f"--plot: {out_dir} is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     cols = scenario_columns(points)
-    paths: list[Path] = []
+    jobs = []
     for key, g in points.groupby(cols, sort=True) if cols else [((), points)]:
         key = key if isinstance(key, tuple) else (key,)
         tag = "_".join(f"{c}-{v}" for c, v in zip(cols, key) if points[c].nunique() > 1 or c == "phase")
@@ -151,10 +154,20 @@ def write_plots(points: pd.DataFrame, front: pd.DataFrame, out_dir: str | Path,
         f = front
         for c, v in zip(cols, key):
             f = f[f[c] == v]
-        sb = study_bands if (study_bands is not None and "phase" in g and (g["phase"] == "prefill").all()) else None
-        paths += save(pareto_figure(g, f, sb), out / f"pareto_{tag}")
+        prefill = "phase" in g and bool((g["phase"] == "prefill").all())
+        jobs.append((out / f"pareto_{tag}", lambda g=g, f=f, sb=study_bands if prefill else None:
+                     pareto_figure(g, f, sb)))
         if any(c.startswith("t_") for c in g.columns):
-            paths += save(breakdown_figure(g, sparsity), out / f"breakdown_{tag}")
+            jobs.append((out / f"breakdown_{tag}", lambda g=g: breakdown_figure(g, sparsity)))
+    if not force:
+        for stem, _ in jobs:
+            for p in (stem.with_suffix(".png"), stem.with_suffix(".svg")):
+                if p.exists():
+                    raise PisError(f"{p} exists; pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for stem, draw in jobs:
+        paths += save(draw(), stem)
     return paths
 
 

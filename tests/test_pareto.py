@@ -116,3 +116,82 @@ def test_compare_with_study():
     assert c["study_family"].tolist() == ["static-depth", "dynamic-depth", "static-width"]
     assert c["agreement"].tolist() == pytest.approx([3.5 / 4, 10 / 11, 6 / 9])
     assert c["simulated"].iloc[0] == "dense [0-0.5]; static-depth [0.5-4]"
+
+
+# ---- pis-pareto end to end on the synthetic profile ----------------------------------------
+
+import json  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+
+from pis.simulator.pareto_cli import main as pareto_main  # noqa: E402
+
+
+def _run(args):
+    return CliRunner().invoke(pareto_main, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method,sparsity\nstatic-depth,0.1\n", "missing column(s) quality_loss_pct"),
+    ("method,sparsity,quality_loss_pct\nstatic-depth,x,1\n", "is not a finite number"),
+    ("method,sparsity,quality_loss_pct\nstatic-depth,1.5,1\n", "outside [0, 1)"),
+    ("method,sparsity,quality_loss_pct\nstatic-depth,0.1,1\nstatic-depth,0.1,2\n", "duplicate point"),
+    ("method,sparsity,quality_loss_pct\nwizardry,0.1,1\n", "unknown method 'wizardry'"),
+])
+def test_cli_bad_quality_file_exits_2_with_one_line(tmp_path, synthetic_file, text, message):
+    q = tmp_path / "q.csv"
+    q.write_text(text)
+    r = _run(["--profile", synthetic_file, "--quality", str(q)])
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and r.output.startswith("error: ") and message in r.output
+
+
+def test_cli_family_without_quality_data_is_an_error(synthetic_file):
+    r = _run(["--profile", synthetic_file, "--method", "unstructured"])
+    assert r.exit_code == 2 and "no quality data for unstructured" in r.output
+
+
+def test_cli_json_frontier_bands_and_ranges(tmp_path, synthetic_file):
+    q = tmp_path / "q.csv"
+    q.write_text("method,sparsity,quality_loss_pct\nstatic-depth,0.25,5\nstatic-depth,0.5,20\n"
+                 "semi-structured,0.5,4\nstatic-width,0.3,3\n")
+    r = _run(["--profile", synthetic_file, "--quality", str(q), "--allow-roofline",
+              "--method", "static-depth,semi-structured,static-width,low-rank", "--format", "json",
+              "--seq-len", "256"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["no_quality_data"] == ["low-rank"]
+    pts = pd.DataFrame(d["points"])
+    assert set(pts["method"]) == {"dense", "static-depth", "semi-structured", "static-width"}
+    assert (pts["method"] == "dense").sum() == 1
+    assert pts.loc[pts["method"] == "semi-structured", "sparsity"].max() == pytest.approx(0.5)
+    beyond = pts[(pts["method"] == "static-depth") & (pts["sparsity"] > 0.5)]
+    assert len(beyond) and (beyond["quality_flag"] == "out of quality range").all()
+    assert beyond["quality_loss_pct"].isna().all() and not beyond["on_frontier"].any()
+    # The CLI's frontier is exactly the non-dominated set of the points it printed.
+    want = frontier(pts)
+    front = pd.DataFrame(d["frontier"])
+    assert list(zip(front["method"], front["sparsity"])) == list(zip(want["method"], want["sparsity"]))
+    assert pts["on_frontier"].sum() == len(front)
+    b = pd.DataFrame(d["bands"])
+    assert b["loss_from"].iloc[0] == 0.0 and d["bands"][-1]["loss_to"] is None  # open last band
+    assert len(d["study_comparison"]) == 3
+
+
+def test_cli_table_plots_and_no_overwrite(tmp_path, synthetic_file):
+    out, figs = tmp_path / "front.txt", tmp_path / "figs"
+    args = ["--profile", synthetic_file, "--allow-roofline", "--sparsity", "0,0.2,0.4",
+            "--out", str(out), "--plot", str(figs)]
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "Pareto frontier" in text and "Study bands" in text and "static-depth" in text
+    assert sorted(p.name for p in figs.iterdir()) == [
+        "breakdown_phase-prefill.png", "breakdown_phase-prefill.svg",
+        "pareto_phase-prefill.png", "pareto_phase-prefill.svg"]
+    before = {p.name: p.read_bytes() for p in figs.iterdir()}
+    r = _run(args)
+    assert r.exit_code == 2 and "exists; pass --force" in r.output
+    r = _run(args + ["--force"])
+    assert r.exit_code == 0
+    assert {p.name: p.read_bytes() for p in figs.iterdir()} == before  # deterministic figures

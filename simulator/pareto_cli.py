@@ -1,0 +1,216 @@
+"""`pis-pareto`: which pruning family gives the best speedup for a given quality loss."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from pis.errors import PisError, handle_errors
+from pis.simulator.cli import (_json_records, _sparsity, common_options, parse_methods, split_list,
+                               sweep_from_options)
+from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, frontier,
+                                  scenario_columns)
+from pis.simulator.points import PHASES
+from pis.simulator.pruning import FAMILIES
+from pis.simulator.quality import FLAG_NO_DATA, FLAG_OUT_OF_RANGE, load_quality
+
+DEFAULT_SPARSITY = ",".join(f"{i / 20:g}" for i in range(19))  # 0, 0.05, ..., 0.9
+FORMATS = ("table", "json", "csv")
+
+
+def _allowed(method: str, sparsities: list[float]) -> list[float]:
+    """The sparsities a family can realize (semi-structured stops at 0.5)."""
+    fam = FAMILIES[method]
+    return [s for s in sparsities if (s <= fam.max_sparsity if fam.max_inclusive else s < fam.max_sparsity)]
+
+
+def design_points(options: dict, methods: list[str], sparsities: list[float]) -> tuple[pd.DataFrame, Path]:
+    """Sweep dense and ``methods``, each at the sparsities its family allows (one sweep per
+    distinct list). Dense keeps one row per scenario (its loss and speed do not depend on s)."""
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for m in ["dense"] + [m for m in methods if m != "dense"]:
+        allowed = tuple(_allowed(m, sparsities)) or ((0.0,) if m == "dense" else ())
+        if allowed:
+            groups.setdefault(allowed, []).append(m)
+    frames, path = [], None
+    for allowed, group in groups.items():
+        df, path = sweep_from_options(method=",".join(group), sparsity=",".join(map(repr, allowed)), **options)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True).fillna({c: 0.0 for c in frames[0].columns if c.startswith("t_")})
+    dense = df["method"] == "dense"
+    first = df[dense].groupby(scenario_columns(df), sort=False)["sparsity"].transform("min")
+    df = df[~dense | (df["sparsity"] == first.reindex(df.index))]
+    order = {m: i for i, m in enumerate(["dense"] + methods)}
+    df = df.sort_values(scenario_columns(df) + ["method", "sparsity"],
+                        key=lambda c: c.map(order) if c.name == "method" else c, kind="mergesort")
+    return df.reset_index(drop=True), path
+
+
+def _fmt_loss(v: float) -> str:
+    return "inf" if not math.isfinite(v) else f"{v:.3g}"
+
+
+def _scenario_label(row: pd.Series) -> str:
+    parts = [f"{row['model']}", f"{row['phase']}", f"B={row['batch']}"]
+    parts.append(f"S={row['seq_len']}" if row["phase"] == "prefill" else f"ctx={row['context_len']}")
+    return " ".join(parts)
+
+
+def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame | None) -> str:
+    """Human-readable frontier, bands and study comparison, one block per scenario."""
+    from tabulate import tabulate
+
+    cols = scenario_columns(front)
+    out = []
+    for key, f in front.groupby(cols, sort=True):
+        b = found
+        for c, v in zip(cols, key if isinstance(key, tuple) else (key,)):
+            b = b[b[c] == v]
+        out.append(f"== {_scenario_label(f.iloc[0])}")
+        out.append("Pareto frontier (higher speedup, lower quality loss):")
+        view = pd.DataFrame({"method": f["method"], "s": f["sparsity"], "speedup": f["speedup"],
+                             "bound": f["theoretical_speedup"], "loss_%": f["quality_loss_pct"],
+                             "latency_ms": f["latency_ms"]})
+        out.append(tabulate(view, headers="keys", showindex=False, floatfmt=".3g"))
+        out.append("\nBest family per allowed quality loss (bands):")
+        bview = pd.DataFrame({"family": b["family"],
+                              "loss_%": [f"{_fmt_loss(a)}-{_fmt_loss(z)}" for a, z in zip(b["loss_from"], b["loss_to"])],
+                              "best_speedup": b["best_speedup"], "at_s": b["best_sparsity"]})
+        out.append(tabulate(bview, headers="keys", showindex=False, floatfmt=".3g"))
+        if study is not None and f["phase"].iloc[0] == "prefill":
+            c = compare_with_study(b, study)
+            out.append("\nStudy bands (arXiv 2606.09080, prefill) vs simulated:")
+            cview = pd.DataFrame({"study_family": c["study_family"],
+                                  "loss_%": [f"{a:g}-{z:g}" for a, z in zip(c["loss_from"], c["loss_to"])],
+                                  "simulated winner(s)": c["simulated"],
+                                  "agreement": [f"{100 * a:.0f}%" for a in c["agreement"]]})
+            out.append(tabulate(cview, headers="keys", showindex=False))
+        out.append("")
+    return "\n".join(out)
+
+
+def _records(df: pd.DataFrame) -> list:
+    return json.loads(_json_records(df)) if len(df) else []
+
+
+def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFrame,
+           study: pd.DataFrame | None, missing: list[str], quality_source: str, profile: Path) -> str:
+    """The whole answer in ``fmt`` (table, json object, or csv of every design point)."""
+    if fmt == "csv":
+        return points.to_csv(index=False, float_format="%.6g")
+    if fmt == "json":
+        cmp = pd.concat([compare_with_study(g, study).assign(**dict(zip(
+            scenario_columns(found), k if isinstance(k, tuple) else (k,))))
+            for k, g in found.groupby(scenario_columns(found), sort=True)], ignore_index=True) \
+            if study is not None and len(found) else pd.DataFrame()
+        return json.dumps({"profile": str(profile), "quality": quality_source,
+                           "no_quality_data": missing, "frontier": _records(front),
+                           "bands": _records(found), "study_comparison": _records(cmp),
+                           "points": _records(points)}, indent=1)
+    return render_table(front, found, study)
+
+
+def _write(text: str, out: str | None, force: bool) -> None:
+    if out is None:
+        click.echo(text)
+        return
+    path = Path(out)
+    if path.exists() and not force:
+        raise PisError(f"{out} exists; pass --force to overwrite it")
+    if not path.parent.exists():
+        raise PisError(f"cannot write {out}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
+    tmp.replace(path)
+    click.echo(f"wrote {out}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@common_options
+@click.option("--method", default="all", show_default=True,
+              help="Comma list of pruning families, or 'all' (dense is always included).")
+@click.option("--sparsity", default=DEFAULT_SPARSITY, show_default=True,
+              help="Comma list of sparsities; each family uses those it can realize "
+                   "(semi-structured: up to 0.5).")
+@click.option("--phase", type=click.Choice(PHASES), default="prefill", show_default=True,
+              help="One phase: prefill (TTFT) or decode (one step).")
+@click.option("--quality", "quality_file", default=None, type=click.Path(dir_okay=False),
+              help="CSV with columns method, sparsity, quality_loss_pct (percent). Default: the "
+                   "shipped table built from published accuracies (see simulator/data/QUALITY.md).")
+@click.option("--plot", "plot_dir", default=None, type=click.Path(file_okay=False),
+              help="Write Pareto and latency-breakdown figures (PNG + SVG) into DIR.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table for people; json (frontier, bands, study comparison, points) or csv "
+                   "(every design point with its quality loss and on_frontier) for scripts.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite --out and existing figures.")
+@click.version_option(package_name="pruninginfersim")
+@handle_errors
+def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
+         align: int, layer_sparsity: str | None, allow_roofline: bool, jobs: int, method: str,
+         sparsity: str, phase: str, quality_file: str | None, plot_dir: str | None, fmt: str,
+         out: str | None, force: bool) -> None:
+    """Acceleration-quality Pareto frontier of pruning families.
+
+    Simulates every family over a sparsity sweep, gives each design point a quality loss from
+    a quality table (interpolated per family; beyond the table's last sparsity a point has no
+    quality and is left out), then prints the Pareto frontier (highest speedup for lowest loss)
+    and the bands: which family is fastest for each interval of allowed quality loss. For
+    prefill it sets the study's bands (arXiv 2606.09080) beside them.
+
+    Example: pis-pareto --phase prefill --batch 8 --seq-len 2048 --plot figs/
+    """
+    t0 = time.perf_counter()
+    quality = load_quality(quality_file)
+    if out is not None and Path(out).exists() and not force:
+        raise PisError(f"{out} exists; pass --force to overwrite it")
+    methods = parse_methods(method)
+    sparsities = split_list(sparsity, "--sparsity", _sparsity)
+    missing = [m for m in methods if not quality.has(m)]
+    if missing and len(missing) == len([m for m in methods if m != "dense"]):
+        raise PisError(f"no quality data for {', '.join(missing)} in {quality.source}")
+    if missing:
+        click.echo(f"note: no quality data for {', '.join(missing)} in {quality.source}; "
+                   "left out of the frontier", err=True)
+    options = dict(profile=profile, model=model, phase=phase, batch=batch, seq_len=seq_len,
+                   context=context, granularity=granularity, align=align,
+                   layer_sparsity=layer_sparsity, allow_roofline=allow_roofline, jobs=jobs,
+                   breakdown=plot_dir is not None)
+    sim, path = design_points(options, [m for m in methods if quality.has(m)], sparsities)
+    points = quality.annotate(sim)
+    out_of_range = points["quality_flag"] == FLAG_OUT_OF_RANGE
+    if out_of_range.any():
+        beyond = sorted(points.loc[out_of_range, "method"].unique())
+        click.echo(f"note: {int(out_of_range.sum())} design points ({', '.join(beyond)}) lie beyond "
+                   f"the quality table's range ({FLAG_OUT_OF_RANGE}); left out", err=True)
+    points = points.assign(point_id=np.arange(len(points)))
+    front = frontier(points)
+    points["on_frontier"] = points["point_id"].isin(front["point_id"])
+    points, front = points.drop(columns="point_id"), front.drop(columns="point_id")
+    found = bands(points)
+    study = STUDY_BANDS_PREFILL if phase == "prefill" else None
+    if plot_dir is not None:
+        from pis.simulator.plots import write_plots
+
+        files = write_plots(points, front, plot_dir, study, force=force)
+        click.echo(f"wrote {len(files)} figures to {plot_dir}", err=True)
+    if fmt == "table":
+        click.echo(f"profile: {path}  quality: {quality.source}  ({len(points)} design points in "
+                   f"{time.perf_counter() - t0:.2f} s)", err=True)
+    _write(render(fmt, points, front, found, study, missing, quality.source, path), out, force)
+    if points["extrapolated"].any():
+        click.echo(f"note: {int(points['extrapolated'].sum())} design points use ops outside the "
+                   "profile's calibrated range (extrapolated=true)", err=True)
+
+
+__all__ = ["main", "design_points", "render"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
