@@ -1,0 +1,329 @@
+"""End-to-end fidelity check: time real pruned models and compare with the simulator.
+
+For every configuration of a suite the real model (random weights) is built on the device,
+one prefill forward (TTFT) or one decode step (TPOT) is timed — median of repeats, CUDA events
+on GPU — and the same design point is predicted by :func:`pis.simulator.sweep.simulate_point`
+from a profile of the same device. ``error_pct = (predicted − measured) / measured · 100``.
+
+Suites: ``tiny`` (CI, seconds), ``quick`` (about a dozen configurations, minutes on a CPU),
+``full`` (every family, both phases, several batch sizes and lengths). CPU suites use a small
+Llama-shaped model so that they run on a couple of cores; GPU suites use the Llama-3.1-8B
+shapes with fewer layers (latency is additive over layers; the reported model says how many).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pis.calibrate.validate_models import ModelUnderTest, Runner, Unsupported, build_model
+from pis.errors import PisError
+from pis.simulator.estimator import Estimator
+from pis.simulator.models import PRESETS, ModelSpec
+from pis.simulator.pruning import PruneOptions
+from pis.simulator.sweep import simulate_point
+
+SUITES: tuple[str, ...] = ("tiny", "quick", "full")
+
+#: Columns of the validation report, in order.
+REPORT_COLUMNS: tuple[str, ...] = (
+    "config", "model", "layers", "backend", "method", "granularity", "sparsity", "phase", "batch",
+    "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
+    "predicted_ms", "error_pct", "extrapolated", "status", "device", "dtype",
+)
+
+#: Small Llama-shaped models that run quickly on two CPU cores.
+CPU_TINY = ModelSpec("cpu-tiny", hidden=256, ffn=704, layers=2, heads=4, kv_heads=2, head_dim=64, vocab=2048)
+CPU_SMALL = ModelSpec("cpu-small", hidden=1024, ffn=2816, layers=4, heads=16, kv_heads=4, head_dim=64,
+                      vocab=8192)
+
+
+def gpu_model(layers: int) -> ModelSpec:
+    """Llama-3.1-8B shapes with ``layers`` decoder layers."""
+    base = PRESETS["llama-3.1-8b"]
+    return base.with_options(name=f"llama-3.1-8b-{layers}L", layers=layers)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One validated design point."""
+
+    spec: ModelSpec
+    method: str
+    sparsity: float
+    phase: str
+    batch: int
+    seq_len: int
+    context: int
+    granularity: str = "layer"
+    #: run ``dense`` on the reference decoder (cross-check with HF dense)
+    reference: bool = False
+
+    @property
+    def backend(self) -> str:
+        from pis.calibrate.reference_decoder import ROUTED_FAMILIES
+        return "reference" if self.reference or self.method in ROUTED_FAMILIES else "hf"
+
+    @property
+    def label(self) -> str:
+        name = self.method + ("[ref]" if self.reference else "")
+        if self.granularity != "layer":
+            name += f"/{self.granularity}"
+        shape = f"S={self.seq_len}" if self.phase == "prefill" else f"C={self.context}"
+        return f"{name} s={self.sparsity:g} {self.phase} B={self.batch} {shape}"
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.spec, self.method, self.sparsity, self.granularity, self.reference)
+
+    def options(self) -> PruneOptions:
+        return PruneOptions(granularity=self.granularity)
+
+
+def _points(spec: ModelSpec, method: str, sparsity: float, phase: str,
+            shapes: Iterable[tuple[int, int]], **kw) -> list[Config]:
+    # shapes: (batch, seq_len) in prefill, (batch, context) in decode
+    out = []
+    for b, n in shapes:
+        seq, ctx = (n, 0) if phase == "prefill" else (1, n)
+        out.append(Config(spec, method, sparsity, phase, b, seq, ctx, **kw))
+    return out
+
+
+def _suite_cpu(suite: str) -> list[Config]:
+    if suite == "tiny":
+        m = CPU_TINY
+        return (_points(m, "dense", 0.0, "prefill", [(1, 64)])
+                + _points(m, "static-width", 0.5, "decode", [(2, 128)])
+                + _points(m, "dynamic-depth", 0.5, "prefill", [(2, 64)]))
+    m = CPU_SMALL
+    if suite == "quick":
+        pre, dec = [(1, 256)], [(4, 512)]
+        cfgs = (_points(m, "dense", 0.0, "prefill", pre) + _points(m, "dense", 0.0, "decode", dec)
+                + _points(m, "dense", 0.0, "prefill", pre, reference=True)
+                + _points(m, "static-depth", 0.5, "prefill", pre)
+                + _points(m, "static-width", 0.5, "prefill", pre) + _points(m, "static-width", 0.5, "decode", dec)
+                + _points(m, "static-width-hidden", 0.25, "prefill", pre)
+                + _points(m, "low-rank", 0.5, "prefill", pre)
+                + _points(m, "unstructured", 0.5, "decode", dec)
+                + _points(m, "dynamic-depth", 0.5, "prefill", pre) + _points(m, "dynamic-depth", 0.5, "decode", dec)
+                + _points(m, "sparse-attention", 0.5, "prefill", [(1, 512)])
+                + _points(m, "sparse-attention", 0.75, "decode", [(4, 2048)])
+                + _points(m, "dynamic-width", 0.5, "prefill", pre))
+        return cfgs
+    pre, dec = [(1, 128), (1, 512), (4, 256)], [(1, 1024), (8, 512), (4, 2048)]
+    cfgs = []
+    for method, s, kw in _FULL_FAMILIES:
+        cfgs += _points(m, method, s, "prefill", pre, **kw) + _points(m, method, s, "decode", dec, **kw)
+    return cfgs
+
+
+def _suite_gpu(suite: str) -> list[Config]:
+    if suite == "tiny":
+        m = gpu_model(2)
+        return (_points(m, "dense", 0.0, "prefill", [(1, 512)])
+                + _points(m, "static-width", 0.5, "decode", [(8, 2048)])
+                + _points(m, "dynamic-depth", 0.5, "prefill", [(1, 512)]))
+    m = gpu_model(4)
+    if suite == "quick":
+        pre, dec = [(1, 2048)], [(16, 4096)]
+        return (_points(m, "dense", 0.0, "prefill", pre) + _points(m, "dense", 0.0, "decode", dec)
+                + _points(m, "dense", 0.0, "prefill", pre, reference=True)
+                + _points(m, "static-depth", 0.5, "prefill", pre)
+                + _points(m, "static-width", 0.5, "prefill", pre) + _points(m, "static-width", 0.5, "decode", dec)
+                + _points(m, "low-rank", 0.5, "prefill", pre)
+                + _points(m, "semi-structured", 0.5, "prefill", pre)
+                + _points(m, "dynamic-depth", 0.5, "prefill", pre) + _points(m, "dynamic-depth", 0.5, "decode", dec)
+                + _points(m, "sparse-attention", 0.75, "decode", [(16, 8192)])
+                + _points(m, "dynamic-width", 0.5, "prefill", pre))
+    pre, dec = [(1, 512), (1, 2048), (8, 1024)], [(1, 4096), (16, 2048), (64, 4096)]
+    cfgs = []
+    for method, s, kw in _FULL_FAMILIES + [("semi-structured", 0.5, {})]:
+        cfgs += _points(m, method, s, "prefill", pre, **kw) + _points(m, method, s, "decode", dec, **kw)
+    return cfgs
+
+
+#: (method, sparsity, Config options) of the full suites.
+_FULL_FAMILIES: list[tuple[str, float, dict]] = [
+    ("dense", 0.0, {}), ("dense", 0.0, {"reference": True}),
+    ("static-depth", 0.5, {}), ("static-depth", 0.25, {"granularity": "sublayer"}),
+    ("static-width", 0.5, {}), ("static-width-hidden", 0.25, {}), ("low-rank", 0.5, {}),
+    ("unstructured", 0.5, {}), ("dynamic-depth", 0.5, {}), ("sparse-attention", 0.75, {}),
+    ("dynamic-width", 0.5, {}),
+]
+
+
+def suite_configs(suite: str, device: torch.device) -> list[Config]:
+    """The configurations of ``suite`` for a CPU or CUDA ``device``."""
+    if suite not in SUITES:
+        raise PisError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    return _suite_gpu(suite) if device.type == "cuda" else _suite_cpu(suite)
+
+
+def suite_models(configs: Iterable[Config]) -> list[ModelSpec]:
+    """The distinct model shapes a list of configurations runs."""
+    return list(dict.fromkeys(c.spec for c in configs))
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Effort:
+    """How long to measure each configuration."""
+
+    warmup: int = 2
+    min_repeats: int = 5
+    max_repeats: int = 30
+    #: measured time to aim for per configuration (sum over repeats), seconds
+    target_s: float = 1.0
+
+
+EFFORT: dict[str, Effort] = {
+    "tiny": Effort(warmup=1, min_repeats=3, max_repeats=5, target_s=0.1),
+    "quick": Effort(warmup=2, min_repeats=5, max_repeats=20, target_s=1.0),
+    "full": Effort(warmup=3, min_repeats=10, max_repeats=50, target_s=2.0),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one(runner: Runner, device: torch.device) -> float:
+    """Seconds of one timed call (``setup`` untimed)."""
+    if runner.setup is not None:
+        runner.setup()
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+    t0 = time.perf_counter()
+    runner.step()
+    return time.perf_counter() - t0
+
+
+def measure(runner: Runner, device: torch.device, effort: Effort) -> tuple[float, float, float, int]:
+    """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
+
+    Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the
+    device is synchronized before it, so nothing queued earlier leaks into the timing.
+    """
+    with torch.inference_mode():
+        for _ in range(max(effort.warmup, 1)):
+            est = _one(runner, device)
+        n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
+        samples = np.array([_one(runner, device) for _ in range(n)]) * 1e3
+    p10, med, p90 = np.percentile(samples, [10, 50, 90])
+    return float(med), float(p10), float(p90), n
+
+
+# --- predicting and running ------------------------------------------------------------------
+
+def predict(est: Estimator, cfg: Config) -> tuple[float, bool]:
+    """Predicted latency (ms) of ``cfg`` and whether any op was extrapolated."""
+    row = simulate_point(est, cfg.spec, cfg.method, cfg.sparsity, cfg.phase, cfg.batch,
+                         cfg.seq_len, max(cfg.context, 1), cfg.options())
+    return float(row["latency_ms"]), bool(row["extrapolated"])
+
+
+def check_profile(est: Estimator, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Raise when the profile is of another kind of device; return warnings (e.g. dtype)."""
+    kind = est.device_kind or "unknown"
+    if kind in ("cuda", "gpu", "cpu") and (kind == "cpu") != (device.type == "cpu"):
+        raise PisError(f"the profile was measured on a {kind} device ({est.name}) but validation "
+                       f"runs on {device}; calibrate this device or pass --calibrate")
+    warnings = []
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if est.dtype != name:
+        warnings.append(f"profile dtype {est.dtype} differs from the validation dtype {name}: "
+                        "errors include the dtype difference")
+    return warnings
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU, bf16 on CUDA."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class Validation:
+    """Result of a validation run."""
+
+    report: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_configs(configs: list[Config], est: Estimator, device: torch.device, dtype: torch.dtype,
+                effort: Effort, progress: Callable[[Iterable], Iterator] | None = None) -> pd.DataFrame:
+    """Measure and predict every configuration; one report row each (skips are rows too)."""
+    rows = []
+    model: ModelUnderTest | None = None
+    key = None
+    dname = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    it = progress(configs) if progress else configs
+    for cfg in it:
+        row = dict(config=cfg.label, model=cfg.spec.name, layers=cfg.spec.layers, backend=cfg.backend,
+                   method=cfg.method, granularity=cfg.granularity, sparsity=cfg.sparsity,
+                   phase=cfg.phase, batch=cfg.batch, seq_len=cfg.seq_len, context_len=cfg.context,
+                   measured_ms=np.nan, measured_p10_ms=np.nan, measured_p90_ms=np.nan, repeats=0,
+                   predicted_ms=np.nan, error_pct=np.nan, extrapolated=False, status="ok",
+                   device=str(device), dtype=dname)
+        try:
+            row["predicted_ms"], row["extrapolated"] = predict(est, cfg)
+        except PisError as err:
+            row["status"] = f"no prediction: {err}"
+        if row["status"] == "ok":
+            try:
+                if cfg.model_key != key:
+                    model, key = None, None
+                    _free(device)
+                    model = build_model(cfg.spec, cfg.method, cfg.sparsity, device, dtype,
+                                        cfg.options(), reference_dense=cfg.reference)
+                    key = cfg.model_key
+                runner = model.runner(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
+                med, p10, p90, n = measure(runner, device, effort)
+                row.update(measured_ms=med, measured_p10_ms=p10, measured_p90_ms=p90, repeats=n,
+                           error_pct=(row["predicted_ms"] - med) / med * 100.0)
+                del runner
+            except Unsupported as err:
+                row["status"] = f"skipped: {err}"
+            except torch.cuda.OutOfMemoryError:
+                row["status"] = "skipped: out of memory"
+                model, key = None, None
+                _free(device)
+        rows.append(row)
+    del model
+    _free(device)
+    return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def summarize(report: pd.DataFrame) -> pd.DataFrame:
+    """Median and max |error| per family and phase, plus an overall row (ok rows only)."""
+    ok = report[report["status"] == "ok"].copy()
+    ok["abs_error_pct"] = ok["error_pct"].abs()
+    cols = ["method", "phase", "n", "median_abs_error_pct", "max_abs_error_pct"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    g = ok.groupby(["method", "phase"], sort=True)["abs_error_pct"]
+    out = pd.DataFrame({"n": g.size(), "median_abs_error_pct": g.median(),
+                        "max_abs_error_pct": g.max()}).reset_index()
+    overall = pd.DataFrame([{"method": "overall", "phase": "all", "n": len(ok),
+                             "median_abs_error_pct": ok["abs_error_pct"].median(),
+                             "max_abs_error_pct": ok["abs_error_pct"].max()}])
+    return pd.concat([out, overall], ignore_index=True)[cols]

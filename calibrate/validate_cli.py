@@ -1,0 +1,149 @@
+"""`pis-validate`: time real pruned models on a device and compare with the simulator's prediction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from pis.errors import PisError, handle_errors
+from pis.simulator.models import ModelSpec
+
+TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct")
+
+
+def _hf_config_json(spec: ModelSpec) -> dict:
+    return {"model_type": "qwen2" if spec.arch == "qwen2" else "llama", "hidden_size": spec.hidden,
+            "intermediate_size": spec.ffn, "num_hidden_layers": spec.layers,
+            "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads,
+            "head_dim": spec.head_dim, "vocab_size": spec.vocab,
+            "tie_word_embeddings": spec.tie_embeddings}
+
+
+def calibrate_profile(device: str, specs: list[ModelSpec], workdir: Path) -> Path:
+    """Run the quick `pis-calibrate` grid for ``specs`` on ``device``; return the profile path.
+
+    The suite's model shapes are written as config.json files so that calibration measures
+    the exact GEMM shapes every family produces on them (``--model``).
+    """
+    paths = []
+    for spec in specs:
+        d = workdir / spec.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(_hf_config_json(spec)))
+        paths.append(str(d / "config.json"))
+    out = workdir / "calibrated.parquet"
+    cmd = [sys.executable, "-c", "from pis.calibrate.cli import main; main()",
+           "--device", device, "--grid", "quick", "--model", ",".join(paths), "--out", str(out)]
+    click.echo(f"calibrating {device} (quick grid, {len(specs)} model shape(s)) ...", err=True)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PisError(f"--calibrate: pis-calibrate failed ({last}); run it yourself and pass --profile")
+    return out
+
+
+def format_table(report: pd.DataFrame) -> str:
+    """The per-configuration table (skipped rows show their status)."""
+    from tabulate import tabulate
+
+    rows = []
+    for r in report.itertuples(index=False):
+        if r.status == "ok":
+            rows.append([r.config, f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
+                         f"{r.error_pct:+.1f}" + ("*" if r.extrapolated else "")])
+        else:
+            rows.append([r.config, "-", "-" if pd.isna(r.predicted_ms) else f"{r.predicted_ms:.3f}",
+                         r.status])
+    return tabulate(rows, headers=list(TABLE_COLUMNS), disable_numparse=True)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """Median and max |error| per family and phase."""
+    from tabulate import tabulate
+
+    return tabulate(summary.values.tolist(), headers=list(summary.columns), floatfmt=".1f")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", required=True, help="cpu or cuda:N (the device the profile describes).")
+@click.option("--profile", "profile", default=None, metavar="FILE|NAME",
+              help="Latency profile of this device (Parquet from pis-calibrate, or a shipped name).")
+@click.option("--calibrate", "do_calibrate", is_flag=True,
+              help="Calibrate this device first (quick grid with the suite's model shapes).")
+@click.option("--suite", type=click.Choice(["tiny", "quick", "full"]), default="quick", show_default=True,
+              help="tiny: CI smoke (seconds); quick: ~12 configurations; full: >= 30, every family.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as CSV here (refuses to overwrite without --force).")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--allow-roofline", is_flag=True,
+              help="Price ops the profile lacks by roofline instead of skipping the configuration.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for torch (default: torch's choice; match the calibration).")
+@handle_errors
+def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
+         force: bool, allow_roofline: bool, threads: int | None) -> None:
+    """Measure real pruned models (random weights) and report the simulator's error.
+
+    Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
+    given context (TPOT). error_pct = (predicted - measured) / measured * 100.
+    """
+    if profile and do_calibrate:
+        raise PisError("pass either --profile or --calibrate, not both")
+    if not profile and not do_calibrate:
+        raise PisError("pass --profile FILE (a profile of this device) or --calibrate")
+    out_path = Path(out) if out else None
+    if out_path is not None:
+        if out_path.exists() and not force:
+            raise PisError(f"{out_path} exists; pass --force to overwrite it")
+        if not out_path.parent.exists():
+            raise PisError(f"directory {out_path.parent} does not exist")
+
+    import torch
+    from tqdm import tqdm
+
+    from pis.calibrate.device import resolve_device
+    from pis.calibrate.validate import (EFFORT, check_profile, default_dtype, run_configs,
+                                        suite_configs, suite_models, summarize)
+    from pis.profiles.shipped import resolve_profile
+    from pis.profiles.store import load_profile
+    from pis.simulator.estimator import Estimator
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    configs = suite_configs(suite, dev)
+    dtype = default_dtype(dev)
+    with tempfile.TemporaryDirectory(prefix="pis-validate-") as tmp:
+        path = calibrate_profile(device, suite_models(configs), Path(tmp)) if do_calibrate \
+            else resolve_profile(profile)
+        est = Estimator(load_profile(path), allow_roofline=allow_roofline)
+    warnings = check_profile(est, dev, dtype)
+
+    def progress(items):
+        return tqdm(items, desc=f"pis-validate {suite}", unit="config", file=sys.stderr,
+                    leave=False, dynamic_ncols=True)
+
+    report = run_configs(configs, est, dev, dtype, EFFORT[suite], progress=progress)
+    click.echo(format_table(report))
+    click.echo("")
+    click.echo(format_summary(summarize(report)))
+    extra = "; * = some op extrapolated" if report["extrapolated"].any() else ""
+    click.echo(f"\ndevice {dev} ({str(dtype).replace('torch.', '')}), profile {est.name}, suite {suite}, "
+               f"{int((report['status'] == 'ok').sum())}/{len(report)} configurations measured{extra}")
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    if out_path is not None:
+        tmp_out = out_path.with_name(out_path.name + ".tmp")
+        report.to_csv(tmp_out, index=False)
+        tmp_out.replace(out_path)
+        click.echo(f"wrote {out_path}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
