@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -254,14 +254,6 @@ def check_profile(est: Estimator, device: torch.device, dtype: torch.dtype) -> l
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp32 on CPU, bf16 on CUDA."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-@dataclass
-class Validation:
-    """Result of a validation run."""
-
-    report: pd.DataFrame
-    warnings: list[str] = field(default_factory=list)
 
 
 def run_configs(configs: list[Config], est: Estimator, device: torch.device, dtype: torch.dtype,

@@ -1,0 +1,253 @@
+"""pis-validate: the harness end to end (tiny suite), the real models, and real routing.
+
+Accuracy is not asserted here (the profile is synthetic); the harness, the models' shapes and
+the work the routed families really do are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from click.testing import CliRunner  # noqa: E402
+
+from pis.calibrate import reference_decoder as rd  # noqa: E402
+from pis.calibrate.validate import (REPORT_COLUMNS, Effort, measure,  # noqa: E402
+                                    suite_configs, summarize)
+from pis.calibrate.validate_cli import main  # noqa: E402
+from pis.calibrate.validate_models import (PrunedLayer, Runner, Unsupported,  # noqa: E402
+                                           build_model)
+from pis.profiles.store import write_profile  # noqa: E402
+from pis.simulator.models import ModelSpec  # noqa: E402
+from pis.simulator.pruning import (PruneOptions, layers_kept, lowrank_rank, pruned_ffn,  # noqa: E402
+                                   pruned_heads)
+
+SPEC = ModelSpec("test-tiny", hidden=128, ffn=256, layers=2, heads=4, kv_heads=2, head_dim=32, vocab=512)
+CPU = torch.device("cpu")
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+# --- harness, end to end -----------------------------------------------------------------------
+
+def test_tiny_suite_end_to_end(synthetic_file, tmp_path):
+    out = tmp_path / "report.csv"
+    res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    configs = suite_configs("tiny", CPU)
+    assert list(df.columns) == list(REPORT_COLUMNS)
+    assert len(df) == len(configs) >= 2
+    assert (df["status"] == "ok").all()
+    for col in ("measured_ms", "predicted_ms", "error_pct"):
+        assert np.isfinite(df[col]).all() and (df[col].abs() > 0).all()
+    assert (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
+    expect = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
+    np.testing.assert_allclose(df["error_pct"], expect, rtol=1e-9)
+    assert (df["measured_p10_ms"] <= df["measured_ms"]).all()
+    assert (df["measured_ms"] <= df["measured_p90_ms"]).all()
+    for cfg in configs:
+        assert cfg.label in res.output
+    assert "overall" in res.output and "median_abs_error_pct" in res.output
+
+
+def test_refuses_to_overwrite(synthetic_file, tmp_path):
+    out = tmp_path / "report.csv"
+    out.write_text("precious")
+    res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
+    assert res.exit_code == 2
+    assert "--force" in res.output and out.read_text() == "precious"
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "--profile"),
+    (["--profile", "x.parquet", "--calibrate"], "not both"),
+    (["--profile", "does-not-exist.parquet"], "does-not-exist"),
+])
+def test_bad_arguments_exit_2(args, needle):
+    res = _run("--device", "cpu", "--suite", "tiny", *args)
+    assert res.exit_code == 2 and needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_profile_of_another_device_kind_is_refused(make_synthetic, tmp_path):
+    path = tmp_path / "gpu.parquet"
+    write_profile(make_synthetic("cuda").profile, path)
+    res = _run("--device", "cpu", "--profile", str(path), "--suite", "tiny")
+    assert res.exit_code == 2 and "cuda" in res.output
+
+
+def test_measure_calls_setup_before_every_repeat():
+    calls = {"setup": 0, "step": 0}
+
+    def setup():
+        calls["setup"] += 1
+
+    def step():
+        assert calls["setup"] == calls["step"] + 1  # a fresh setup for every timed step
+        calls["step"] += 1
+
+    med, p10, p90, n = measure(Runner(step, setup), CPU, Effort(warmup=1, min_repeats=4, max_repeats=4))
+    assert n == 4 and calls["step"] == 5 and p10 <= med <= p90
+
+
+def test_summary_per_family_and_overall():
+    rep = pd.DataFrame({"method": ["a", "a", "b", "b"], "phase": ["prefill"] * 4,
+                        "error_pct": [10.0, -30.0, 5.0, np.nan],
+                        "status": ["ok", "ok", "ok", "skipped: x"]})
+    s = summarize(rep).set_index("method")
+    assert s.loc["a", "median_abs_error_pct"] == 20.0 and s.loc["a", "max_abs_error_pct"] == 30.0
+    assert s.loc["b", "n"] == 1 and s.loc["overall", "n"] == 3
+    assert s.loc["overall", "max_abs_error_pct"] == 30.0
+
+
+# --- the real models ---------------------------------------------------------------------------
+
+def _logits(out):
+    return out.logits if hasattr(out, "logits") else out
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_reference_dense_matches_hf_shapes(phase):
+    hf = build_model(SPEC, "dense", 0.0, CPU, torch.float32)
+    ref = build_model(SPEC, "dense", 0.0, CPU, torch.float32, reference_dense=True)
+    # Same parameters: the same op list over the same weight shapes.
+    n_hf = sum(p.numel() for p in hf.model.parameters())
+    n_ref = sum(p.numel() for p in ref.model.parameters())
+    assert n_hf == n_ref == SPEC.params()
+    shapes = []
+    with torch.inference_mode():
+        for m in (hf, ref):
+            r = m.runner(phase, 3, 40, 70)
+            if r.setup:
+                r.setup()
+            shapes.append(tuple(_logits(r.step()).shape))
+    assert shapes[0] == shapes[1] == (3, 1, SPEC.vocab)
+
+
+def test_static_models_use_the_simulator_dimensions():
+    s, o = 0.5, PruneOptions(align=32)
+    w = build_model(SPEC, "static-width", s, CPU, torch.float32, o)
+    attn = w.model.model.layers[0].self_attn
+    assert attn.q_proj.out_features == int(pruned_heads(SPEC, s)) * SPEC.head_dim
+    assert attn.k_proj.out_features == SPEC.kv_heads * SPEC.head_dim
+    assert w.model.model.layers[0].mlp.gate_proj.out_features == int(pruned_ffn(SPEC, s, 32))
+    d = build_model(SPEC, "static-depth", s, CPU, torch.float32, o)
+    assert len(d.model.model.layers) == int(layers_kept(SPEC, s))
+    sub = build_model(SPEC, "static-depth", 0.25, CPU, torch.float32, PruneOptions(granularity="sublayer"))
+    layers = list(sub.model.model.layers)
+    assert sum(isinstance(x, PrunedLayer) and x.skip_attn for x in layers) == 1  # round(0.25·4) = 1
+    assert not any(isinstance(x, PrunedLayer) and x.skip_mlp for x in layers)
+    lr = build_model(SPEC, "low-rank", s, CPU, torch.float32, o)
+    q = lr.model.model.layers[0].self_attn.q_proj
+    assert q[0].out_features == int(lowrank_rank(SPEC.q_width, SPEC.hidden, s, 32))
+
+
+def test_semi_structured_is_skipped_on_cpu():
+    with pytest.raises(Unsupported):
+        build_model(SPEC, "semi-structured", 0.25, CPU, torch.float32)
+
+
+# --- routed families really compute on kept tokens only ---------------------------------------
+
+def _count_rows(module: torch.nn.Module, seen: list[int]):
+    return module.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
+
+
+def _ref(method: str, s: float):
+    torch.manual_seed(0)
+    return rd.RefDecoder(SPEC, method, s).eval()
+
+
+@pytest.mark.parametrize("phase, batch, n, kept_rows", [
+    ("prefill", 2, 48, 2 * 24),   # ceil(0.5·48) tokens per sequence
+    ("decode", 5, 100, 3),        # ceil(0.5·5) of the batch
+])
+def test_dynamic_depth_runs_sublayers_on_kept_tokens(phase, batch, n, kept_rows):
+    dec = _ref("dynamic-depth", 0.5)
+    q_rows, mlp_rows, router_rows = [], [], []
+    layer = dec.layers[0]
+    hooks = [_count_rows(layer.q_proj, q_rows), _count_rows(layer.gate_proj, mlp_rows),
+             _count_rows(layer.attn_router, router_rows)]
+    with torch.inference_mode():
+        if phase == "prefill":
+            dec.prefill(torch.randint(0, SPEC.vocab, (batch, n)))
+        else:
+            dec.decode(torch.randint(0, SPEC.vocab, (batch, 1)), dec.make_caches(batch, n), n)
+    for h in hooks:
+        h.remove()
+    tokens = batch * (n if phase == "prefill" else 1)
+    assert router_rows == [tokens]                   # the router sees every token
+    assert q_rows == [kept_rows] and mlp_rows == [kept_rows]
+
+
+def test_dynamic_width_groups_see_their_share_of_tokens():
+    dec = _ref("dynamic-width", 0.75)
+    layer = dec.layers[0]
+    q_rows, ffn_rows, k_rows = [], [], []
+    hooks = [_count_rows(m, q_rows) for m in layer.q_groups]
+    hooks += [_count_rows(m, ffn_rows) for m in layer.gate_groups]
+    hooks.append(_count_rows(layer.k_proj, k_rows))
+    with torch.inference_mode():
+        dec.prefill(torch.randint(0, SPEC.vocab, (2, 40)))
+    for h in hooks:
+        h.remove()
+    assert k_rows == [80]                            # K/V stay dense
+    assert q_rows == [2 * 10] * SPEC.kv_heads        # ceil(0.25·40) per sequence, per head group
+    assert ffn_rows == [2 * 10] * dec.opts.ffn_groups
+
+
+def test_sparse_attention_decode_attends_kept_blocks_only(monkeypatch):
+    seen = []
+    real = rd._sdpa
+
+    def spy(q, k, v, causal, mask=None):
+        seen.append(k.shape[2])
+        return real(q, k, v, causal, mask)
+
+    monkeypatch.setattr(rd, "_sdpa", spy)
+    dec = _ref("sparse-attention", 0.75)
+    context = 1000                                   # 1001 keys = 16 blocks of 64
+    with torch.inference_mode():
+        dec.decode(torch.randint(0, SPEC.vocab, (2, 1)), dec.make_caches(2, context), context)
+    assert seen == [math.ceil(0.25 * 16) * 64] * SPEC.layers
+
+
+def test_sparse_attention_prefill_visits_a_fraction_of_blocks(monkeypatch):
+    keys = []
+    real = rd._sdpa
+
+    def spy(q, k, v, causal, mask=None):
+        keys.append(k.shape[2] // 64)
+        return real(q, k, v, causal, mask)
+
+    monkeypatch.setattr(rd, "_sdpa", spy)
+    dec = _ref("sparse-attention", 0.5)
+    dec.layers = dec.layers[:1]
+    with torch.inference_mode():
+        dec.prefill(torch.randint(0, SPEC.vocab, (1, 8 * 64)))
+    assert keys == [math.ceil(0.5 * (i + 1)) for i in range(8)]
+    assert sum(keys) < 8 * 9 / 2
+
+
+# --- GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_suite_on_cuda(make_synthetic, tmp_path):
+    path = tmp_path / "gpu.parquet"
+    write_profile(make_synthetic("cuda").profile, path)
+    out = tmp_path / "report.csv"
+    res = _run("--device", "cuda:0", "--profile", str(path), "--suite", "tiny", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert (df["status"] == "ok").all() and np.isfinite(df["measured_ms"]).all()
+    assert (df["dtype"] == "bf16").all()
