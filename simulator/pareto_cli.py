@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from pis.errors import PisError, handle_errors
-from pis.simulator.cli import (_json_records, _sparsity, common_options, parse_methods, split_list,
-                               sweep_from_options)
+from pis.simulator.cli import (_json_records, _sparsity, common_options, load_estimator, parse_methods,
+                               split_list, sweep_from_options)
 from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, frontier,
                                   scenario_columns)
 from pis.simulator.points import PHASES
@@ -172,6 +172,11 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if out is not None and Path(out).exists() and not force:
         raise PisError(f"{out} exists; pass --force to overwrite it")
     methods = parse_methods(method)
+    if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in load_estimator(profile, False)[0].ops():
+        # As in pis-simulate: 'all' means every family the profile can answer.
+        methods = [m for m in methods if m != "semi-structured"]
+        click.echo("note: semi-structured skipped: the profile has no gemm_2to4 rows; "
+                   "--allow-roofline estimates it", err=True)
     sparsities = split_list(sparsity, "--sparsity", _sparsity)
     missing = [m for m in methods if not quality.has(m)]
     if missing and len(missing) == len([m for m in methods if m != "dense"]):

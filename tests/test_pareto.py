@@ -120,6 +120,7 @@ def test_compare_with_study():
 
 # ---- pis-pareto end to end on the synthetic profile ----------------------------------------
 
+import io  # noqa: E402
 import json  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
@@ -195,3 +196,10 @@ def test_cli_table_plots_and_no_overwrite(tmp_path, synthetic_file):
     r = _run(args + ["--force"])
     assert r.exit_code == 0
     assert {p.name: p.read_bytes() for p in figs.iterdir()} == before  # deterministic figures
+
+
+def test_cli_all_skips_2to4_on_profiles_without_it(synthetic_file):
+    r = _run(["--profile", synthetic_file, "--sparsity", "0,0.3", "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert "semi-structured skipped" in r.stderr
+    assert "semi-structured" not in set(pd.read_csv(io.StringIO(r.stdout))["method"])
