@@ -1,0 +1,347 @@
+"""Named calibration grids: which (op, shape) points a run measures, per device kind.
+
+``tiny`` is for tests (seconds), ``quick`` a first usable profile (CPU: under two minutes on a
+2-core machine), ``default`` the recommended profile, ``full`` a denser one.
+
+GPU grids follow where LLM inference lives: GEMM rows M from 1 to 65536, densely at small M
+(decode: M = batch), N and K from 256 to 32768 (log-spaced, plus small widths for routers,
+low-rank factors and block-score GEMMs, and lm-head widths up to 256K); attention prefill
+sequences 128..32768 and decode KV lengths 128..131072, batch 1..256, head_dim 64/128, GQA
+ratios 1/4/8; memory-bound ops over log-spaced element counts.
+
+CPU grids cover what the CPU validation suite runs: hidden <= 2048, FFN <= 8192, heads <= 32,
+head_dim 64/128, batch <= 8, prompt <= 512, context <= 2048 (KV length up to 4096 so C + 1 is
+inside), M from 1 to 4096 (= 8 x 512) and lm-head widths up to 160K.
+
+Points whose FLOPs or working set exceed the grid's caps are left out (CPU caps are much
+lower). ``--model`` adds the model's exact GEMM widths and those of its width-pruned variants
+(:func:`pis.simulator.pruning.calibration_shapes`) crossed with the grid's M values.
+
+Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
+what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
+attention first; within a tier M varies fastest so consecutive GEMMs share their weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from pis.errors import PisError
+from pis.profiles.schema import DTYPE_BYTES, OPS, REQUIRED_OPS, op_bytes, op_flops
+
+if TYPE_CHECKING:  # torch stays out of import time
+    from pis.calibrate.timing import TimingConfig
+
+GRID_NAMES: tuple[str, ...] = ("tiny", "quick", "default", "full")
+#: Sparsities and alignment used for ``--model`` shapes.
+MODEL_SPARSITIES: tuple[float, ...] = tuple(np.round(np.arange(10) / 10, 1))
+MODEL_ALIGN = 64
+MEMORY_OPS: tuple[str, ...] = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One shape of one op to measure."""
+
+    op: str
+    shape: tuple[tuple[str, int], ...]
+
+    @property
+    def shape_dict(self) -> dict[str, int]:
+        """The shape as a column -> value dict."""
+        return dict(self.shape)
+
+
+def point(op: str, **shape: int) -> Point:
+    """A point with its shape columns in the schema's order (the columns ``op`` uses only)."""
+    cols = OPS[op].columns
+    if set(shape) != set(cols):
+        raise ValueError(f"{op} needs columns {cols}, got {sorted(shape)}")
+    return Point(op, tuple((c, int(shape[c])) for c in cols))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The axes of one grid on one device kind."""
+
+    gemm_m: tuple[int, ...]
+    gemm_n: tuple[int, ...]
+    gemm_k: tuple[int, ...]
+    #: extra (n, k) weight shapes: routers (n = 1, 16), tiny widths
+    gemm_extra: tuple[tuple[int, int], ...]
+    #: lm-head-like wide GEMMs: N values x K values x M values
+    wide_n: tuple[int, ...]
+    wide_k: tuple[int, ...]
+    wide_m: tuple[int, ...]
+    gemm24_m: tuple[int, ...]
+    gemm24_nk: tuple[int, ...]
+    head_dims: tuple[int, ...]
+    #: (heads, kv_heads) pairs
+    heads: tuple[tuple[int, int], ...]
+    prefill_batch: tuple[int, ...]
+    prefill_seq: tuple[int, ...]
+    decode_batch: tuple[int, ...]
+    decode_kv: tuple[int, ...]
+    numel: tuple[int, ...]
+    topk_m: tuple[int, ...]
+    topk_n: tuple[int, ...]
+    #: skip points above these (FLOPs per call; bytes of live tensors)
+    max_flops: float
+    max_bytes: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _heads(heads: Iterable[int], ratios: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    return tuple((h, h // r) for h in heads for r in ratios if h % r == 0 and h // r >= 1)
+
+
+def _pow2(lo: int, hi: int, step: int = 1) -> tuple[int, ...]:
+    """Powers of two from 2**lo to 2**hi, every ``step``-th exponent."""
+    return tuple(2 ** e for e in range(lo, hi + 1, step))
+
+
+def _half_steps(lo: int, hi: int) -> tuple[int, ...]:
+    """2**e and 1.5 * 2**e from 2**lo to 2**hi (a factor of about 1.4 between neighbours)."""
+    vals = sorted({2 ** e for e in range(lo, hi + 1)} | {3 * 2 ** (e - 1) for e in range(lo + 1, hi + 1)})
+    return tuple(v for v in vals if 2 ** lo <= v <= 2 ** hi)
+
+
+_GPU_SMALL_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
+
+_SPECS: dict[tuple[str, str], GridSpec] = {
+    ("tiny", "cpu"): GridSpec(
+        gemm_m=(1, 8, 64), gemm_n=(64, 256), gemm_k=(64, 256), gemm_extra=((1, 16),),
+        wide_n=(), wide_k=(), wide_m=(), gemm24_m=(8,), gemm24_nk=(256,),
+        head_dims=(64,), heads=((4, 1), (4, 4)), prefill_batch=(1,), prefill_seq=(16, 64),
+        decode_batch=(1, 2), decode_kv=(64, 256), numel=(1024, 65536), topk_m=(4,), topk_n=(64,),
+        max_flops=1e8, max_bytes=64e6),
+    ("quick", "cpu"): GridSpec(
+        gemm_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+        gemm_n=(16, 64, 256, 1024, 2048, 4096, 8192), gemm_k=(64, 256, 1024, 2048, 4096, 8192),
+        gemm_extra=((1, 16), (16, 16)),
+        wide_n=(32768, 163840), wide_k=(512, 2048), wide_m=(1, 8),
+        gemm24_m=(64,), gemm24_nk=(2048,),
+        head_dims=(64, 128), heads=_heads((4, 8, 32), (1, 4, 8)),
+        prefill_batch=(1, 8), prefill_seq=(32, 128, 512),
+        decode_batch=(1, 8), decode_kv=(64, 256, 1024, 4096),
+        numel=_pow2(8, 24, 2) + (2 ** 25,), topk_m=(1, 64, 4096), topk_n=(16, 512),
+        max_flops=2e10, max_bytes=2.5e9),
+    ("default", "cpu"): GridSpec(
+        gemm_m=_pow2(0, 12), gemm_n=(16, 32, 64, 128) + _pow2(8, 13), gemm_k=(16, 32, 64, 128) + _pow2(8, 13),
+        gemm_extra=((1, 16), (1, 64)),
+        wide_n=(32768, 65536, 131072, 163840), wide_k=(512, 1024, 2048), wide_m=(1, 2, 4, 8, 16),
+        gemm24_m=(64,), gemm24_nk=(2048,),
+        head_dims=(64, 128), heads=_heads((4, 8, 16, 32), (1, 4, 8)),
+        prefill_batch=(1, 2, 4, 8), prefill_seq=(16, 32, 64, 128, 256, 512),
+        decode_batch=(1, 2, 4, 8), decode_kv=_pow2(6, 12),
+        numel=_pow2(8, 25), topk_m=(1, 8, 64, 512, 4096), topk_n=(16, 64, 512, 2048),
+        max_flops=2e11, max_bytes=4e9),
+    ("full", "cpu"): GridSpec(
+        gemm_m=_half_steps(0, 12), gemm_n=(1, 8, 16, 32, 64, 128) + _half_steps(8, 13),
+        gemm_k=(16, 32, 64, 128) + _half_steps(8, 13), gemm_extra=(),
+        wide_n=(32768, 65536, 131072, 163840, 262144), wide_k=(512, 1024, 2048, 4096), wide_m=_pow2(0, 5),
+        gemm24_m=(64,), gemm24_nk=(2048,),
+        head_dims=(64, 128), heads=_heads((2, 4, 8, 16, 32), (1, 2, 4, 8)),
+        prefill_batch=_pow2(0, 4), prefill_seq=_pow2(4, 10),
+        decode_batch=_pow2(0, 4), decode_kv=_pow2(5, 13),
+        numel=_half_steps(8, 26), topk_m=(1, 8, 64, 512, 4096), topk_n=(8, 16, 64, 512, 2048, 8192),
+        max_flops=1e12, max_bytes=6e9),
+    ("tiny", "cuda"): GridSpec(
+        gemm_m=(1, 16, 256), gemm_n=(256, 1024), gemm_k=(256, 1024), gemm_extra=((1, 16),),
+        wide_n=(), wide_k=(), wide_m=(), gemm24_m=(16, 256), gemm24_nk=(1024,),
+        head_dims=(128,), heads=((8, 2), (8, 8)), prefill_batch=(1,), prefill_seq=(128, 512),
+        decode_batch=(1, 8), decode_kv=(128, 1024), numel=(4096, 2 ** 20), topk_m=(64,), topk_n=(512,),
+        max_flops=1e12, max_bytes=1e9),
+    ("quick", "cuda"): GridSpec(
+        gemm_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
+        gemm_n=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+        gemm_k=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+        gemm_extra=((1, 16), (16, 16)),
+        wide_n=(65536, 131072, 262144), wide_k=(2048, 4096, 8192), wide_m=(1, 8, 64, 256),
+        gemm24_m=(1, 16, 128, 1024, 8192), gemm24_nk=(1024, 4096, 16384),
+        head_dims=(64, 128), heads=_heads((8, 32, 64), (1, 4, 8)),
+        prefill_batch=(1, 4, 16, 64), prefill_seq=(128, 512, 2048, 8192, 32768),
+        decode_batch=(1, 4, 16, 64, 256), decode_kv=(128, 512, 2048, 8192, 32768, 131072),
+        numel=_pow2(10, 30, 2), topk_m=(1, 64, 4096, 65536), topk_n=(16, 512, 8192),
+        max_flops=4e13, max_bytes=24e9),
+    ("default", "cuda"): GridSpec(
+        gemm_m=_GPU_SMALL_M + (192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
+                               12288, 16384, 32768, 65536),
+        gemm_n=(16, 32, 64, 128) + _half_steps(8, 15), gemm_k=(16, 32, 64, 128) + _pow2(8, 15),
+        gemm_extra=((1, 16), (1, 64)),
+        wide_n=(49152, 65536, 98304, 131072, 163840, 262144), wide_k=(1024, 2048, 4096, 8192, 16384),
+        wide_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+        gemm24_m=(1, 4, 16, 64, 256, 1024, 4096, 16384), gemm24_nk=_pow2(10, 15),
+        head_dims=(64, 128), heads=_heads((4, 8, 16, 32, 64), (1, 4, 8)),
+        prefill_batch=_pow2(0, 6, 1), prefill_seq=_pow2(7, 15),
+        decode_batch=_pow2(0, 8), decode_kv=_pow2(7, 17),
+        numel=_pow2(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(16, 64, 512, 2048, 8192),
+        max_flops=6e13, max_bytes=32e9),
+    ("full", "cuda"): GridSpec(
+        gemm_m=tuple(sorted(set(_GPU_SMALL_M) | set(_half_steps(0, 16)) | set(range(8, 129, 8)))),
+        gemm_n=(1, 8, 16, 32, 64, 128) + _half_steps(8, 15), gemm_k=(16, 32, 64, 128) + _half_steps(8, 15),
+        gemm_extra=(),
+        wide_n=(49152, 65536, 98304, 131072, 163840, 196608, 262144), wide_k=_half_steps(10, 14),
+        wide_m=_pow2(0, 12),
+        gemm24_m=_pow2(0, 16), gemm24_nk=_half_steps(10, 15),
+        head_dims=(64, 128), heads=_heads((2, 4, 8, 16, 32, 64, 128), (1, 2, 4, 8)),
+        prefill_batch=_pow2(0, 7), prefill_seq=_pow2(6, 15),
+        decode_batch=_pow2(0, 8), decode_kv=_pow2(6, 17),
+        numel=_half_steps(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(8, 16, 64, 512, 2048, 8192, 32768),
+        max_flops=2e14, max_bytes=48e9),
+}
+
+
+def grid_spec(name: str, device_kind: str) -> GridSpec:
+    """The axes of grid ``name`` for ``device_kind`` (``cpu`` or ``cuda``)."""
+    if name not in GRID_NAMES:
+        raise PisError(f"unknown grid {name!r}; choose one of {', '.join(GRID_NAMES)}")
+    return _SPECS[(name, "cuda" if device_kind == "cuda" else "cpu")]
+
+
+def live_bytes(op: str, shape: dict[str, int], dtype: str) -> float:
+    """Rough bytes of the tensors one call keeps alive (inputs, outputs, temporaries)."""
+    e = DTYPE_BYTES[dtype]
+    if op.startswith("gemm"):
+        return e * (shape["m"] * shape["k"] + shape["n"] * shape["k"] + shape["m"] * shape["n"])
+    if op.startswith("attn"):
+        # Fused kernels keep q, k, v, out; the math fallback also materializes the scores.
+        scores = shape["batch"] * shape["heads"] * shape["q_len"] * shape["kv_len"] * 4
+        return float(op_bytes(op, shape, dtype)) + min(scores, 2e9)
+    if op == "topk":
+        return e * shape["m"] * shape["n"] * 2
+    if op == "overhead":
+        return 0.0
+    return 4.0 * e * shape["numel"]  # inputs, output and the 2x tables of gather/scatter
+
+
+def _gemm_points(spec: GridSpec, pairs: Iterable[tuple[int, int]], ms: Iterable[int], op: str = "gemm") -> list[Point]:
+    return [point(op, m=m, n=n, k=k) for n, k in pairs for m in ms]
+
+
+def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, int]]) -> list[Point]:
+    pts: list[Point] = [point("overhead")]
+    pairs = list(itertools.product(spec.gemm_n, spec.gemm_k)) + list(spec.gemm_extra)
+    pts += _gemm_points(spec, pairs, spec.gemm_m)
+    pts += _gemm_points(spec, itertools.product(spec.wide_n, spec.wide_k), spec.wide_m)
+    pts += _gemm_points(spec, model_pairs, spec.gemm_m)
+    pts += _gemm_points(spec, itertools.product(spec.gemm24_nk, spec.gemm24_nk), spec.gemm24_m, "gemm_2to4")
+    if device_kind == "cuda":
+        # 2:4 for the model's widths too (kernels need N, K multiples of 64).
+        pts += _gemm_points(spec, [(n, k) for n, k in model_pairs if n % 64 == 0 and k % 64 == 0],
+                            spec.gemm24_m, "gemm_2to4")
+    for d, (h, g), b, s in itertools.product(spec.head_dims, spec.heads, spec.prefill_batch, spec.prefill_seq):
+        pts.append(point("attn_prefill", batch=b, q_len=s, kv_len=s, heads=h, kv_heads=g, head_dim=d, causal=1))
+    for d, (h, g), b, c in itertools.product(spec.head_dims, spec.heads, spec.decode_batch, spec.decode_kv):
+        pts.append(point("attn_decode", batch=b, q_len=1, kv_len=c, heads=h, kv_heads=g, head_dim=d, causal=0))
+    for op in MEMORY_OPS:
+        pts += [point(op, numel=x) for x in spec.numel]
+    for m, n in itertools.product(spec.topk_m, spec.topk_n):
+        pts += [point("topk", m=m, n=n, k=k) for k in sorted({min(4, n), n // 2})]
+    return pts
+
+
+def _tier(p: Point) -> int:
+    """0 = measure first. Decode needs overhead, small-M GEMMs, norms/elementwise, decode attention."""
+    s = p.shape_dict
+    if p.op == "overhead":
+        return 0
+    if p.op == "gemm" and s["m"] <= 16:
+        return 1
+    if p.op in REQUIRED_OPS and p.op in MEMORY_OPS or p.op == "attn_decode":
+        return 2
+    if (p.op == "gemm" and s["m"] <= 512) or p.op == "attn_prefill":
+        return 3
+    return 4
+
+
+def _order(p: Point) -> tuple:
+    s = p.shape_dict
+    op_rank = list(OPS).index(p.op)
+    if p.op.startswith("gemm"):
+        return (_tier(p), op_rank, s["n"], s["k"], s["m"])  # M fastest: weights are reused
+    return (_tier(p), op_rank, p.shape)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The ordered points of one run, and what defines them."""
+
+    name: str
+    device_kind: str
+    points: tuple[Point, ...]
+    params: dict[str, Any]
+
+
+def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tuple[int, int]] = (),
+               model_name: str | None = None) -> Grid:
+    """The deduplicated, capped and importance-ordered points of grid ``name``."""
+    spec = grid_spec(name, device_kind)
+    seen: set[Point] = set()
+    kept: list[Point] = []
+    for p in _points(spec, device_kind, model_pairs):
+        if p in seen:
+            continue
+        seen.add(p)
+        s = p.shape_dict
+        if p.op != "overhead":
+            if float(op_flops(p.op, s)) > spec.max_flops or live_bytes(p.op, s, dtype) > spec.max_bytes:
+                continue
+        kept.append(p)
+    kept.sort(key=_order)
+    digest = hashlib.sha256(json.dumps([[p.op, list(p.shape)] for p in kept]).encode()).hexdigest()[:16]
+    params: dict[str, Any] = {
+        "grid": name, "device_kind": device_kind, "points": len(kept), "points_sha256": digest,
+        "max_flops": spec.max_flops, "max_bytes": spec.max_bytes,
+    }
+    if model_name:
+        params["model"] = model_name
+        params["model_pairs"] = len(model_pairs)
+    return Grid(name, device_kind, tuple(kept), params)
+
+
+def model_pairs(model: str) -> tuple[str, list[tuple[int, int]], dict[str, Any]]:
+    """(name, (n, k) GEMM weight shapes, dimensions) of ``model`` and its width-pruned variants."""
+    from pis.simulator.models import load_model
+    from pis.simulator.pruning import calibration_shapes
+
+    spec = load_model(model)
+    pairs = [(int(n), int(k)) for n, k in calibration_shapes(spec, MODEL_SPARSITIES, MODEL_ALIGN)]
+    dims = {f: getattr(spec, f) for f in ("hidden", "ffn", "layers", "heads", "kv_heads", "head_dim", "vocab")}
+    return spec.name, pairs, dims
+
+
+def count_points(device_kind: str, dtype: str) -> dict[str, dict[str, int]]:
+    """Point count per op of every named grid on ``device_kind`` (for docs and tests)."""
+    out = {}
+    for name in GRID_NAMES:
+        g = build_grid(name, device_kind, dtype)
+        counts: dict[str, int] = {}
+        for p in g.points:
+            counts[p.op] = counts.get(p.op, 0) + 1
+        counts["total"] = len(g.points)
+        out[name] = counts
+    return out
+
+
+def timing_config(name: str, device_kind: str, cuda_graphs: bool = False) -> "TimingConfig":
+    """How long to measure each point of grid ``name`` (longer grids measure more carefully)."""
+    from pis.calibrate.timing import TimingConfig
+
+    cuda = device_kind == "cuda"
+    # (target seconds per point, min repeats, max repeats, warm-up calls, max spread)
+    table = {
+        "tiny": (0.002, 3, 10, 1, 1.0),
+        "quick": (0.02, 10, 200, 3, 0.2) if cuda else (0.02, 3, 50, 1, 0.5),
+        "default": (0.05, 20, 500, 5, 0.15) if cuda else (0.1, 5, 200, 2, 0.3),
+        "full": (0.1, 30, 1000, 5, 0.1) if cuda else (0.2, 7, 500, 2, 0.25),
+    }
+    target, lo, hi, warm, spread = table[name]
+    return TimingConfig(target_s=target, min_repeats=lo, max_repeats=hi, warmup=warm,
+                        max_spread=spread, cuda_graphs=cuda_graphs and cuda)

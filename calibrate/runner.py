@@ -1,0 +1,308 @@
+"""A resumable, chunked calibration run whose output file is its own checkpoint.
+
+Every ``checkpoint_every`` points (or ``checkpoint_seconds``) the profile measured so far is
+rewritten atomically with ``complete = false``. Rerunning the same command reads it back and
+measures only the points it lacks (by :func:`pis.profiles.store.row_key`), so a run killed at
+any moment loses at most one chunk and no point is measured twice. A file from a different
+configuration (device, dtype, grid, threads, timing method) is never mixed in: the run refuses
+unless ``--force`` says to start over.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pis.calibrate import ops
+from pis.calibrate.device import TORCH_DTYPES, device_meta, resolve_device
+from pis.calibrate.grid import (GRID_NAMES, MODEL_ALIGN, MODEL_SPARSITIES, Grid, Point, build_grid,
+                                model_pairs, timing_config)
+from pis.calibrate.timing import Timer, make_timer
+from pis.errors import PisError, ProfileError
+from pis.profiles.schema import (DTYPE_BYTES, SCHEMA_VERSION, STATUS_OK, STATUS_SKIPPED_OOM,
+                                 STATUS_SKIPPED_UNSUPPORTED, op_bytes, op_flops)
+from pis.profiles.store import Profile, empty_rows, keys_of, normalize_rows, read_profile, row_key, write_profile
+
+#: Metadata that must match for a file to be resumed (else: another --out, or --force).
+IDENTITY_KEYS: tuple[str, ...] = ("device_kind", "device_name", "dtype", "grid_name", "timing_method")
+
+
+@dataclass
+class RunOptions:
+    """Everything a calibration run depends on (the CLI's options)."""
+
+    out: Path
+    device: str = "cpu"
+    grid: str = "quick"
+    dtype: str | None = None
+    model: str | None = None
+    time_budget_min: float | None = None
+    threads: int | None = None
+    cuda_graphs: bool = False
+    force: bool = False
+    checkpoint_every: int = 50
+    checkpoint_seconds: float = 20.0
+    progress: bool = True
+    #: testing aid: sleep after every point (lets a test kill the run mid-way)
+    point_delay_s: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    #: "complete", "already_complete", "time_budget"
+    status: str
+    measured: int
+    done: int
+    total: int
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def default_dtype(device_kind: str) -> str:
+    """bf16 on GPUs (what LLM inference runs), fp32 on CPUs (fast BLAS paths)."""
+    return "bf16" if device_kind == "cuda" else "fp32"
+
+
+def _check_out(out: Path, force: bool) -> Profile | None:
+    """The profile already at ``out`` (None if there is none, or --force discards it)."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise PisError(f"cannot write {out}: folder {folder} does not exist")
+    if not out.exists():
+        if not _writable(folder):
+            raise PisError(f"cannot write {out}: folder {folder} is not writable")
+        return None
+    if out.is_dir():
+        raise PisError(f"--out {out} is a folder; give a file name such as {out / 'profile.parquet'}")
+    if not _writable(folder):
+        raise PisError(f"cannot write {out}: folder {folder} is not writable")
+    try:
+        existing = read_profile(out)
+    except ProfileError as err:
+        if force:
+            return None
+        raise PisError(f"{out} exists and is not a readable pis profile ({err}); "
+                       f"choose another --out or pass --force to overwrite it") from None
+    return None if force else existing
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+def _identity_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    for key in IDENTITY_KEYS + ("cpu_threads",):
+        if key == "cpu_threads" and new.get("device_kind") != "cpu":
+            continue
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} in the file, {new.get(key)!r} now"
+    old_sha = (old.get("grid_params") or {}).get("points_sha256")
+    if old_sha != new["grid_params"]["points_sha256"]:
+        return "the grid's points differ (another --model, or another tool version)"
+    return None
+
+
+def _point_row(p: Point, dtype: str) -> dict[str, Any]:
+    shape = p.shape_dict
+    row: dict[str, Any] = {"op": p.op, **shape, "dtype": dtype}
+    row["flops"] = float(op_flops(p.op, shape)) if shape else 0.0
+    row["bytes"] = float(op_bytes(p.op, shape, dtype)) if shape else 0.0
+    return row
+
+
+def _is_oom(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    text = str(err).lower()
+    return isinstance(err, oom) or "out of memory" in text or "can't allocate memory" in text
+
+
+def measure_point(p: Point, dtype: str, device: torch.device, timer: Timer,
+                  warn: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Measure one point; unsupported ops and out-of-memory become skipped rows."""
+    row = _point_row(p, dtype)
+    failed = False
+    try:
+        bench = ops.build(p.op, p.shape_dict, TORCH_DTYPES[dtype], device)
+        t = timer.measure(bench.fn, inner=bench.inner, wall=bench.wall)
+        row.update(median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us, repeats=t.repeats,
+                   status=STATUS_OK, backend=bench.backend + ("+graph" if t.graph else ""))
+    except ops.Unsupported as err:
+        row.update(status=STATUS_SKIPPED_UNSUPPORTED, backend=str(err)[:120])
+    except (RuntimeError, NotImplementedError, MemoryError) as err:
+        failed = True
+        if isinstance(err, MemoryError) or _is_oom(err):
+            row.update(status=STATUS_SKIPPED_OOM, backend="out of memory")
+        else:
+            msg = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            warn(f"warning: {p.op} {p.shape_dict} failed ({msg}); recorded as skipped_unsupported")
+            row.update(status=STATUS_SKIPPED_UNSUPPORTED, backend=msg)
+    if failed:  # outside the handler, so the traceback no longer pins the tensors
+        ops.clear_cache()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+    return row
+
+
+class _Checkpoint:
+    """The rows measured so far and the atomic rewrite of the output file."""
+
+    def __init__(self, path: Path, grid: Grid, meta: dict[str, Any], existing: pd.DataFrame) -> None:
+        self.path = path
+        self.meta = meta
+        self.order = {_key(p, meta["dtype"]): i for i, p in enumerate(grid.points)}
+        self.existing = existing
+        self.new: list[dict[str, Any]] = []
+        #: measuring time of earlier runs of this file, and when this one started
+        self.base_s = float(meta.get("duration_s") or 0.0)
+        self.start = time.monotonic()
+        self.saved_at = self.start
+        self.unsaved = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.new.append(row)
+        self.unsaved += 1
+
+    def rows(self) -> pd.DataFrame:
+        frames = [self.existing] + ([normalize_rows(pd.DataFrame(self.new))] if self.new else [])
+        rows = normalize_rows(pd.concat([f for f in frames if len(f)], ignore_index=True)) \
+            if any(len(f) for f in frames) else empty_rows()
+        # Grid order, so a resumed file is byte-for-byte the order a single run writes.
+        rank = [self.order.get(k, len(self.order)) for k in map(row_key, rows.to_dict("records"))]
+        return rows.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+    def save(self, complete: bool) -> None:
+        duration = self.base_s + time.monotonic() - self.start
+        meta = dict(self.meta, complete=complete, duration_s=round(duration, 1))
+        write_profile(Profile(self.rows(), meta), self.path)
+        self.saved_at = time.monotonic()
+        self.unsaved = 0
+
+    def due(self, every: int, seconds: float) -> bool:
+        return self.unsaved >= every or (self.unsaved and time.monotonic() - self.saved_at >= seconds)
+
+
+def _key(p: Point, dtype: str) -> tuple:
+    return row_key({"op": p.op, **p.shape_dict, "dtype": dtype})
+
+
+def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
+    """Run (or resume) a calibration; see the module docstring."""
+    out = Path(opts.out)
+    if opts.grid not in GRID_NAMES:
+        raise PisError(f"unknown grid {opts.grid!r}; choose one of {', '.join(GRID_NAMES)}")
+    if opts.dtype is not None and opts.dtype not in DTYPE_BYTES:
+        raise PisError(f"unknown dtype {opts.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+    device = resolve_device(opts.device)
+    existing = _check_out(out, opts.force)
+    dtype = opts.dtype or default_dtype(device.type)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise PisError(f"--threads must be at least 1, got {opts.threads}")
+        torch.set_num_threads(opts.threads)
+    if opts.time_budget_min is not None and opts.time_budget_min <= 0:
+        raise PisError(f"--time-budget must be positive minutes, got {opts.time_budget_min}")
+
+    model_meta: dict[str, Any] | None = None
+    pairs: list[tuple[int, int]] = []
+    if opts.model:
+        name, pairs, dims = model_pairs(opts.model)
+        model_meta = {"model": name, "dims": dims, "pairs": [list(p) for p in pairs],
+                      "sparsities": list(MODEL_SPARSITIES), "align": MODEL_ALIGN}
+    grid = build_grid(opts.grid, device.type, dtype, pairs, model_meta["model"] if model_meta else None)
+    tcfg = timing_config(opts.grid, device.type, opts.cuda_graphs)
+
+    timer = make_timer(device, tcfg)
+    meta = device_meta(device, dtype, timer.method)
+    meta.update(schema_version=SCHEMA_VERSION, grid_name=grid.name,
+                grid_params={**grid.params, "timing": asdict(tcfg)}, complete=False)
+    if model_meta:
+        meta["model_shapes"] = model_meta
+
+    rows = existing.rows if existing is not None else empty_rows()
+    if existing is not None:
+        why = _identity_mismatch(existing.meta, meta)
+        if why:
+            raise PisError(f"{out} holds a profile of another configuration ({why}); "
+                           f"use another --out, or --force to start it over")
+        meta["created"] = existing.meta.get("created", meta["created"])
+        meta["duration_s"] = float(existing.meta.get("duration_s") or 0.0)
+    done = keys_of(rows) if len(rows) else set()
+    todo = [p for p in grid.points if _key(p, dtype) not in done]
+    total = len(grid.points)
+    if existing is not None and not todo:
+        if not existing.meta.get("complete"):
+            _Checkpoint(out, grid, meta, rows).save(complete=True)
+        echo(f"{out} is already complete ({total} points of grid {grid.name!r}); nothing to do "
+             f"(--force measures it again)")
+        return RunResult("already_complete", 0, total, total, out)
+    if existing is not None:
+        echo(f"resuming {out}: {total - len(todo)} of {total} points already measured")
+
+    if device.type == "cpu":
+        _note_load(meta, echo)
+    ckpt = _Checkpoint(out, grid, meta, rows)
+    budget_s = opts.time_budget_min * 60.0 if opts.time_budget_min else None
+    start = ckpt.start
+    counts: dict[str, int] = {}
+    status = "complete"
+    bar = tqdm(total=total, initial=total - len(todo), unit="pt", file=sys.stderr,
+               disable=not opts.progress, dynamic_ncols=True, desc=f"{grid.name} {device.type}")
+    try:
+        torch.manual_seed(0)
+        for p in todo:
+            if budget_s is not None and time.monotonic() - start >= budget_s:
+                status = "time_budget"
+                break
+            bar.set_postfix_str(p.op, refresh=False)
+            row = measure_point(p, dtype, device, timer, warn=bar.write)
+            ckpt.add(row)
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            bar.update(1)
+            if opts.point_delay_s:
+                time.sleep(opts.point_delay_s)
+            if ckpt.due(opts.checkpoint_every, opts.checkpoint_seconds):
+                ckpt.save(complete=False)
+    except KeyboardInterrupt:
+        bar.close()
+        _save_partial(ckpt, out, echo, "interrupted")
+        raise
+    finally:
+        bar.close()
+        ops.clear_cache()
+    measured = len(ckpt.new)
+    done_n = total - len(todo) + measured
+    if status == "time_budget":
+        _save_partial(ckpt, out, echo, f"time budget of {opts.time_budget_min:g} min reached")
+    else:
+        ckpt.save(complete=True)
+    return RunResult(status, measured, done_n, total, out, counts)
+
+
+def _note_load(meta: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """Record how busy the CPU was: other processes make CPU timings slow and noisy."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return
+    cores = os.cpu_count() or 1
+    meta["notes"] = f"1-minute load average {load:.2f} on {cores} CPUs when the run started"
+    if load > 0.5 * cores:
+        echo(f"warning: this machine is busy (load average {load:.1f} on {cores} CPUs); "
+             f"CPU timings will be slower and noisier than on a quiet machine")
+
+
+def _save_partial(ckpt: _Checkpoint, out: Path, echo: Callable[[str], None], why: str) -> None:
+    ckpt.save(complete=False)
+    echo(f"{why}: {len(ckpt.rows())} of {len(ckpt.order)} points saved to {out} (incomplete); "
+         f"rerun the same command to resume")
