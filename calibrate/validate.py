@@ -294,6 +294,12 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                 row["status"] = "skipped: out of memory"
                 model, key = None, None
                 _free(device)
+            except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+                # One configuration that breaks (a kernel this torch lacks, say) must not
+                # lose the rest of the report; the row says what happened.
+                row["status"] = "error: " + " ".join(str(err).split())[:160]
+                model, key = None, None
+                _free(device)
         rows.append(row)
     del model
     _free(device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,26 +24,25 @@ def _hf_config_json(spec: ModelSpec) -> dict:
             "tie_word_embeddings": spec.tie_embeddings}
 
 
-def calibrate_profile(device: str, specs: list[ModelSpec], workdir: Path) -> Path:
-    """Run the quick `pis-calibrate` grid for ``specs`` on ``device``; return the profile path.
+def calibrate_profile(device: str, specs: list[ModelSpec], workdir: Path,
+                      threads: int | None = None) -> Path:
+    """Run the quick `pis-calibrate` grid on ``device`` in-process; return the profile path.
 
-    The suite's model shapes are written as config.json files so that calibration measures
-    the exact GEMM shapes every family produces on them (``--model``).
+    The suite's model shape is written as a config.json and passed as ``--model`` so that
+    calibration measures the exact GEMM shapes every family produces on it.
     """
-    paths = []
-    for spec in specs:
-        d = workdir / spec.name
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(_hf_config_json(spec)))
-        paths.append(str(d / "config.json"))
+    from pis.calibrate.runner import RunOptions, calibrate
+
+    if len(specs) != 1:
+        raise PisError(f"--calibrate handles suites of one model shape, this one has {len(specs)}")
+    spec = specs[0]
+    folder = workdir / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(_hf_config_json(spec)))
     out = workdir / "calibrated.parquet"
-    cmd = [sys.executable, "-c", "from pis.calibrate.cli import main; main()",
-           "--device", device, "--grid", "quick", "--model", ",".join(paths), "--out", str(out)]
-    click.echo(f"calibrating {device} (quick grid, {len(specs)} model shape(s)) ...", err=True)
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not out.is_file():
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PisError(f"--calibrate: pis-calibrate failed ({last}); run it yourself and pass --profile")
+    click.echo(f"calibrating {device} (quick grid, --model {spec.name}) ...", err=True)
+    calibrate(RunOptions(out=out, device=device, grid="quick", model=str(folder / "config.json"),
+                         threads=threads))
     return out
 
 
@@ -120,7 +118,7 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     configs = suite_configs(suite, dev)
     dtype = default_dtype(dev)
     with tempfile.TemporaryDirectory(prefix="pis-validate-") as tmp:
-        path = calibrate_profile(device, suite_models(configs), Path(tmp)) if do_calibrate \
+        path = calibrate_profile(device, suite_models(configs), Path(tmp), threads) if do_calibrate \
             else resolve_profile(profile)
         est = Estimator(load_profile(path), allow_roofline=allow_roofline)
     warnings = check_profile(est, dev, dtype)
