@@ -46,7 +46,7 @@ class RunOptions:
     model: str | None = None
     time_budget_min: float | None = None
     threads: int | None = None
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True
     force: bool = False
     checkpoint_every: int = 50
     checkpoint_seconds: float = 20.0
