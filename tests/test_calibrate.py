@@ -324,3 +324,25 @@ def test_tiny_cuda_run(tmp_path):
     # events exclude the launch: a 1x256x256 GEMM kernel is far below a millisecond
     small = ok[(ok["op"] == "gemm") & (ok["m"] == 1) & (ok["n"] == 256)]
     assert (small["median_us"] < 1000).all()
+
+
+def test_ctrl_c_saves_what_is_measured(tmp_path):
+    out = tmp_path / "interrupted.parquet"
+    cmd = [sys.executable, "-m", "pis.calibrate.cli", "--device", "cpu", "--grid", "tiny", "--out", str(out),
+           "--threads", "1", "--checkpoint-every", "3", "--point-delay", "0.1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and proc.poll() is None and not out.exists():
+            time.sleep(0.05)
+        time.sleep(0.15)  # mid-chunk: a point or two past the first checkpoint
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "rerun the same command to resume" in err
+    partial = read_profile(out)
+    assert partial.meta["complete"] is False and 3 <= len(partial.rows) < len(grid_keys("tiny"))
