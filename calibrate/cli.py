@@ -16,7 +16,8 @@ from pis.errors import handle_errors
 @click.option("--out", required=True, type=click.Path(dir_okay=True, path_type=Path), metavar="FILE.parquet",
               help="Profile to write. It is also the checkpoint: rerunning the same command resumes it.")
 @click.option("--grid", default="quick", show_default=True, metavar="tiny|quick|default|full",
-              help="Point set: tiny (tests), quick (CPU < 2 min), default (recommended), full (dense).")
+              help="Point set: tiny (tests), quick (CPU ~1 min, GPU ~3 min), default (recommended; "
+                   "GPU ~25 min), full (dense; hours). Point counts: pis.calibrate.grid.count_points.")
 @click.option("--dtype", default=None, metavar="bf16|fp16|fp32",
               help="Element type. Default: bf16 on CUDA, fp32 on CPU (bf16/fp16 on CPU are allowed "
                    "and measured as they run, usually far slower).")

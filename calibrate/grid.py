@@ -17,6 +17,17 @@ Points whose FLOPs or working set exceed the grid's caps are left out (CPU caps 
 lower). ``--model`` adds the model's exact GEMM widths and those of its width-pruned variants
 (:func:`pis.simulator.pruning.calibration_shapes`) crossed with the grid's M values.
 
+Point counts (no ``--model``) and run times:
+
+=========  =====  ======  ==============================================================
+grid       CPU    CUDA    time
+=========  =====  ======  ==============================================================
+tiny       43     44      seconds (tests)
+quick      845    2175    CPU 46 s on the 2-core dev machine; H200 142 s (--no-cuda-graphs)
+default    2676   10990   estimated: CPU ~10 min, GPU ~25 min
+full       8489   26221   estimated: CPU ~45 min, GPU ~2 h
+=========  =====  ======  ==============================================================
+
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
 attention first; within a tier M varies fastest so consecutive GEMMs share their weight.
