@@ -23,7 +23,8 @@ Point counts (no ``--model``) and run times:
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
 tiny       43     44      seconds (tests)
-quick      845    2175    CPU 46 s on the 2-core dev machine; H200 142 s (--no-cuda-graphs)
+quick      845    2175    CPU 46 s on the 2-core dev machine (89 s, 2401 points, with the
+                          CPU validation model as --model); H200 142 s (--no-cuda-graphs)
 default    2676   10990   estimated: CPU ~10 min, GPU ~25 min
 full       8489   26221   estimated: CPU ~45 min, GPU ~2 h
 =========  =====  ======  ==============================================================
