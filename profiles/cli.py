@@ -268,6 +268,8 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B")) 
     meta["merged_from"] = [_source_meta(n, p) for n, p in zip(names, (pa, pb))]
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["tool_version"] = __version__
+    if "model_shapes" not in meta and "model_shapes" in mb:
+        meta["model_shapes"] = mb["model_shapes"]
     meta["complete"] = bool(ma.get("complete", False)) and bool(mb.get("complete", False))
     if ma.get("grid_name") != mb.get("grid_name"):
         meta["grid_name"] = f"{ma.get('grid_name')}+{mb.get('grid_name')}"
@@ -275,7 +277,9 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B")) 
                        if k not in ("merged_from", "created", "tool_version", "complete", "grid_name",
                                     "notes", "duration_s") and ma.get(k) != mb.get(k))
     if differing:
-        note = f"merged profiles differ in {', '.join(differing)}; values shown are A's ({names[0]})"
+        # File names only: profiles travel between labs and must not carry local paths.
+        note = (f"merged profiles differ in {', '.join(differing)}; values shown are A's "
+                f"({Path(names[0]).name})")
         meta["notes"] = f"{ma['notes']}; {note}" if ma.get("notes") else note
     return Profile(rows=keep, meta=meta), stats
 
