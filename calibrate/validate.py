@@ -83,7 +83,10 @@ class Config:
         return (self.spec, self.method, self.sparsity, self.granularity, self.reference)
 
     def options(self) -> PruneOptions:
-        return PruneOptions(granularity=self.granularity)
+        # HF decode appends to a DynamicCache (a copy per layer); the reference decoder
+        # preallocates its caches, so each executor is predicted with its own discipline.
+        kv = "preallocated" if self.backend == "reference" else "concat"
+        return PruneOptions(granularity=self.granularity, kv_cache=kv)
 
 
 def _points(spec: ModelSpec, method: str, sparsity: float, phase: str,

@@ -102,6 +102,10 @@ def common_options(func: Callable) -> Callable:
                      help="Width pruning and low-rank ranks round to a multiple of this."),
         click.option("--layer-sparsity", type=click.Path(dir_okay=False), default=None,
                      help="File with one sparsity per layer (non-uniform pruning); replaces --sparsity."),
+        click.option("--kv-cache", type=click.Choice(["concat", "preallocated"]), default="concat",
+                     show_default=True,
+                     help="Decode KV cache: concat copies each layer's cache per step (Hugging Face "
+                          "DynamicCache); preallocated writes in place (static/paged caches)."),
         click.option("--allow-roofline", is_flag=True,
                      help="Estimate ops missing from the profile (e.g. 2:4 GEMMs on a CPU profile) "
                           "by roofline instead of failing; such results are flagged extrapolated."),
@@ -139,7 +143,7 @@ def run_sweep(est: Estimator, models: Sequence[ModelSpec], methods: Sequence[str
 def sweep_from_options(profile: str | None, model: str, method: str, sparsity: str, phase: str,
                        batch: str, seq_len: str, context: str, granularity: str, align: int,
                        layer_sparsity: str | None, allow_roofline: bool, jobs: int,
-                       breakdown: bool) -> tuple[pd.DataFrame, Path]:
+                       breakdown: bool, kv_cache: str = "concat") -> tuple[pd.DataFrame, Path]:
     """Parse the CLI's lists, validate everything, then run the sweep."""
     models = [load_model(m) for m in split_list(model, "--model", str)]
     methods = parse_methods(method)
@@ -152,7 +156,7 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
     seq_lens = split_list(seq_len, "--seq-len", _positive_int)
     contexts = split_list(context, "--context", _positive_int)
     opts = PruneOptions(granularity=granularity, align=align,
-                        layer_sparsity=parse_layer_sparsity(layer_sparsity))
+                        layer_sparsity=parse_layer_sparsity(layer_sparsity), kv_cache=kv_cache)
     if opts.layer_sparsity is not None:
         sparsities = [float(np.mean(opts.layer_sparsity))]
     est, path = load_estimator(profile, allow_roofline)
@@ -262,8 +266,9 @@ def _methods_help() -> str:
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, allow_roofline: bool, jobs: int, method: str,
-         sparsity: str, phase: str, fmt: str, out: str | None, force: bool, breakdown: bool) -> None:
+         align: int, layer_sparsity: str | None, kv_cache: str, allow_roofline: bool, jobs: int,
+         method: str, sparsity: str, phase: str, fmt: str, out: str | None, force: bool,
+         breakdown: bool) -> None:
     """Predict how fast a pruned LLM runs, from a measured latency profile.
 
     Every comma list makes a Cartesian sweep. Each prediction sums per-op latencies answered
@@ -277,7 +282,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     check_output(fmt, out, force)
     t0 = time.perf_counter()
     df, path = sweep_from_options(profile, model, method, sparsity, phase, batch, seq_len, context,
-                                  granularity, align, layer_sparsity, allow_roofline, jobs, breakdown)
+                                  granularity, align, layer_sparsity, allow_roofline, jobs, breakdown,
+                                  kv_cache)
     elapsed = time.perf_counter() - t0
     if fmt == "table":
         click.echo(f"profile: {path}  ({len(df)} design points in {elapsed:.2f} s)", err=True)

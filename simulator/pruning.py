@@ -22,6 +22,9 @@ from pis.simulator.opgraph import (Projector, attention, attention_block, dense_
 from pis.simulator.points import OpGroup, Points
 
 
+KV_CACHES = ("concat", "preallocated")
+
+
 @dataclass(frozen=True)
 class PruneOptions:
     """Knobs shared by the families (CLI: --granularity, --align, --layer-sparsity)."""
@@ -38,10 +41,16 @@ class PruneOptions:
     block: int = 64
     #: dynamic-width FFN channel groups
     ffn_groups: int = 8
+    #: decode KV cache: "concat" copies each layer's cache to append a token (Hugging Face
+    #: DynamicCache, what `generate` uses by default); "preallocated" writes in place (static
+    #: or paged caches of serving engines), which costs next to nothing
+    kv_cache: str = "concat"
 
     def __post_init__(self) -> None:
         if self.granularity not in ("layer", "sublayer"):
             raise PisError(f"granularity must be 'layer' or 'sublayer', got {self.granularity!r}")
+        if self.kv_cache not in KV_CACHES:
+            raise PisError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}")
         for f in ("align", "router_rank", "block", "ffn_groups"):
             if int(getattr(self, f)) < 1:
                 raise PisError(f"{f} must be a positive integer")
@@ -213,7 +222,14 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
     if pts.phase == "decode":
         blocks = _ceil(pts.kv_len / b)
         kept = np.where(s > 0, np.minimum(pts.kv_len, _ceil((1.0 - s) * blocks) * b), pts.kv_len)
-        ops = attention_block(spec, pts, c, kv_len=kept)
+        ops = attention_block(spec, pts, c * (s == 0)) + [
+            g for g in attention_block(spec, pts, c * (s > 0), kv_len=kept) if g.name != "attention"]
+        ops += [attention("sparse_attention", pts, c * (s > 0), batch=pts.batch, q_len=1, kv_len=kept,
+                          heads=spec.heads, kv_heads=spec.kv_heads, head_dim=hd),
+                # Without a fused block-sparse kernel the kept K and V blocks are gathered first.
+                memop("kv_block_gather", "gather", pts.batch * spec.kv_heads * kept * hd, 2 * c * (s > 0),
+                      "routing"),
+                *_kv_append(pts, c * (s > 0), pts.batch, pts.kv_len, spec.kv_heads, hd, o)]
         rows = pts.batch * spec.heads
     else:
         blocks = _ceil(pts.seq_len / b)
@@ -250,7 +266,8 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
     ops += [memop("head_gather", "gather", t_g * d_model, per_head, "routing"),
             gemm("q_proj", t_g, hg * hd, d_model, per_head),
             memop("rope_q", "rope", t_g * hg * hd, per_head, "elementwise"),
-            attention("attention", pts, per_head, heads=hg, kv_heads=1, head_dim=hd, **attn),
+            attention("group_attention", pts, per_head, heads=hg, kv_heads=1, head_dim=hd, **attn),
+            *_kv_append(pts, on, pts.batch, pts.kv_len, g, hd, o),
             gemm("o_proj", t_g, d_model, hg * hd, per_head),
             memop("head_scatter", "scatter_add", t_g * d_model, per_head, "routing")]
     per_ffn = on * nf
@@ -340,6 +357,26 @@ def _layer_groups(spec: ModelSpec, fam: Family, opts: PruneOptions) -> list[tupl
     return [(float(v), int(c)) for v, c in zip(uniq, counts)]
 
 
+def _kv_append(pts: Points, count: np.ndarray, batch: object, kv_len: object, kv_heads: object,
+               head_dim: int, o: PruneOptions) -> list[OpGroup]:
+    """Appending this step's K and V: a full copy of the layer's cache with a concat cache."""
+    if pts.phase != "decode" or o.kv_cache != "concat":
+        return []
+    return [memop("kv_append", "gather", np.asarray(batch) * kv_heads * np.asarray(kv_len) * head_dim,
+                  2 * np.asarray(count), "kv_cache")]
+
+
+def _with_kv_appends(ops: list[OpGroup], pts: Points, spec: ModelSpec, o: PruneOptions) -> list[OpGroup]:
+    # Every decode attention over the cache appends to it; sparse attention adds its own
+    # (its attention reads only the kept blocks, the append copies the whole cache).
+    extra = []
+    for g in ops:
+        if g.op == "attn_decode" and g.name == "attention":
+            sh = g.shape
+            extra += _kv_append(pts, g.count, sh["batch"], sh["kv_len"], sh["kv_heads"], spec.head_dim, o)
+    return ops + extra
+
+
 def build_ops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | None = None) -> list[OpGroup]:
     """Every op group the pruned decoder executes for the design points ``pts``."""
     opts = opts or PruneOptions()
@@ -354,7 +391,7 @@ def build_ops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | No
         ops = []
         for value, count in _layer_groups(spec, fam, opts):
             ops += fam.layers(spec, pts, np.full(len(pts), value), count, opts)
-    return ends(spec, pts, hidden) + ops
+    return _with_kv_appends(ends(spec, pts, hidden) + ops, pts, spec, opts)
 
 
 def calibration_shapes(spec: ModelSpec, sparsities: Sequence[float] = tuple(np.arange(10) / 10),
