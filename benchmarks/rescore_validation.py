@@ -1,0 +1,53 @@
+"""Re-predict a saved `pis-validate` report with another profile or a newer simulator.
+
+Measurements are expensive (a GPU lease); predictions are not. This keeps each report's
+measured_ms and recomputes predicted_ms and error_pct for the same configurations, so a
+simulator change can be scored against GPU measurements taken earlier, on a machine with no GPU.
+
+    python benchmarks/rescore_validation.py REPORT.csv --profile h200 [--suite quick] [--device cuda]
+
+The configurations are matched by their label (the report's ``config`` column) in the suite
+the report was made with.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pis.calibrate.validate import predict, suite_configs
+from pis.profiles.shipped import resolve_profile
+from pis.profiles.store import load_profile
+from pis.simulator.estimator import Estimator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("report")
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--suite", default="quick")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = ap.parse_args()
+
+    df = pd.read_csv(args.report)
+    configs = {c.label: c for c in suite_configs(args.suite, torch.device(args.device))}
+    est = Estimator(load_profile(resolve_profile(args.profile)))
+    rows = []
+    for r in df.itertuples():
+        cfg = configs.get(r.config)
+        if cfg is None or not np.isfinite(r.measured_ms):
+            continue
+        pred, extrap = predict(est, cfg)
+        rows.append(dict(config=r.config, measured_ms=r.measured_ms, predicted_ms=pred,
+                         error_pct=(pred - r.measured_ms) / r.measured_ms * 100, extrapolated=extrap))
+    out = pd.DataFrame(rows)
+    print(out.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    err = out["error_pct"].abs()
+    print(f"\n{len(out)} configurations: median |error| {err.median():.1f} %, max {err.max():.1f} %")
+
+
+if __name__ == "__main__":
+    main()
