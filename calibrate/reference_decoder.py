@@ -270,9 +270,18 @@ class RefLayer(nn.Module):
             rows = (idx + torch.arange(b, device=x.device)[:, None, None] * s).transpose(0, 1)
             rows = rows.reshape(g + nf, -1)
         else:
-            keep = _ceil((1.0 - self.s) * b)
-            idx = torch.topk(logits.view(b, g + nf).t(), keep, dim=-1).indices  # (G+nf, keep)
-            rows = idx
+            # Decode: each token picks its top ceil((1-s)G) head groups and ceil((1-s)n_f) FFN
+            # groups (token choice; a group-picks-tokens router would run every group at batch 1).
+            # The picks are spread round-robin, as a load-balanced router would, so each group
+            # serves floor or ceil of its share and a group nobody picked does not run.
+            kh, kf = max(1, _ceil((1.0 - self.s) * g)), max(1, _ceil((1.0 - self.s) * nf))
+            flat_logits = logits.view(b, g + nf)
+            torch.topk(flat_logits[:, :g], kh, dim=-1)
+            torch.topk(flat_logits[:, g:], kf, dim=-1)
+            rows = [torch.tensor([j for j in range(b) if (gi - j * kh) % g < kh], dtype=torch.long,
+                                 device=x.device) for gi in range(g)]
+            rows += [torch.tensor([j for j in range(b) if (fi - j * kf) % nf < kf], dtype=torch.long,
+                                  device=x.device) for fi in range(nf)]
         hflat = h.reshape(t, d)
         k = apply_rope(self.k_proj(h).view(b, s, g, hd).transpose(1, 2), cos, sin)
         v = self.v_proj(h).view(b, s, g, hd).transpose(1, 2)
@@ -284,6 +293,8 @@ class RefLayer(nn.Module):
         pos = torch.arange(s, device=x.device)
         for gi in range(g):
             r = rows[gi]
+            if len(r) == 0:
+                continue
             hq = hflat.index_select(0, r)
             if s > 1:
                 q = self.q_groups[gi](hq).view(b, keep, hg, hd).transpose(1, 2)
@@ -292,7 +303,7 @@ class RefLayer(nn.Module):
                 mask = (qpos[:, None, :, None] >= pos[None, None, None, :])
                 a = _sdpa(q, k[:, gi:gi + 1], v[:, gi:gi + 1], causal=False, mask=mask)
             else:
-                q = self.q_groups[gi](hq).view(keep, 1, hg, hd).transpose(1, 2)
+                q = self.q_groups[gi](hq).view(len(r), 1, hg, hd).transpose(1, 2)
                 q = apply_rope(q, cos, sin)
                 kg = k[:, gi:gi + 1].index_select(0, r)
                 vg = v[:, gi:gi + 1].index_select(0, r)
@@ -302,6 +313,8 @@ class RefLayer(nn.Module):
         h2 = self.ln2(out_flat.view(b, s, d)).reshape(t, d)
         for fi in range(nf):
             r = rows[g + fi]
+            if len(r) == 0:
+                continue
             hx = h2.index_select(0, r)
             y = self.down_groups[fi](F.silu(self.gate_groups[fi](hx)) * self.up_groups[fi](hx))
             out_flat.index_add_(0, r, y)

@@ -244,39 +244,53 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
     return ops + mlp_block(spec, pts, c)
 
 
+def _group_loads(pts: Points, s: np.ndarray, groups: int, on: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(tokens per group, number of such group calls) for ``groups`` routed groups.
+
+    Prefill: every group takes its (1−s) share of each sequence (balanced). Decode: each token
+    picks ceil((1−s)·groups) groups; spread evenly, a group serves floor or ceil of the
+    T·k/groups picks, and a group nobody picked does not run (batch 1: only k groups run).
+    """
+    if pts.phase == "prefill":
+        return [(pts.batch * _ceil((1.0 - s) * pts.seq_len), on * groups)]
+    k = np.maximum(1, _ceil((1.0 - s) * groups))
+    picks = pts.tokens * k
+    lo, busy = picks // groups, picks % groups
+    return [(lo + 1, on * busy), (np.maximum(lo, 1), on * (groups - busy) * (lo > 0))]
+
+
 def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
     """Dynamic NK (WIDE-like): per token, only (1−s) of head groups and FFN channel groups run."""
     g, hd, nf = spec.kv_heads, spec.head_dim, o.ffn_groups
     hg, fg = spec.group_size, max(1, spec.ffn // nf)
     t, d_model = pts.tokens, spec.hidden
     on, off = n * (s > 0).astype(float), n * (s == 0).astype(float)
-    t_g = np.maximum(1, _ceil((1.0 - s) * t))
     ops = attention_block(spec, pts, off) + mlp_block(spec, pts, off)
-    if pts.phase == "prefill":
-        attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
-    else:
-        attn = dict(batch=t_g, q_len=1, kv_len=pts.kv_len)
     ops += [memop("input_norm", "rmsnorm", t * d_model, on, "norm"),
             gemm("width_router", t, g + nf, d_model, on, category="routing"),
             topk("head_topk", t, g, _ceil((1.0 - s) * g), on),
             topk("ffn_topk", t, nf, _ceil((1.0 - s) * nf), on),
             gemm("k_proj", t, g * hd, d_model, on), gemm("v_proj", t, g * hd, d_model, on),
-            memop("rope_k", "rope", t * g * hd, on, "elementwise")]
-    per_head = on * g
-    ops += [memop("head_gather", "gather", t_g * d_model, per_head, "routing"),
-            gemm("q_proj", t_g, hg * hd, d_model, per_head),
-            memop("rope_q", "rope", t_g * hg * hd, per_head, "elementwise"),
-            attention("group_attention", pts, per_head, heads=hg, kv_heads=1, head_dim=hd, **attn),
-            *_kv_append(pts, on, pts.batch, pts.kv_len, g, hd, o),
-            gemm("o_proj", t_g, d_model, hg * hd, per_head),
-            memop("head_scatter", "scatter_add", t_g * d_model, per_head, "routing")]
-    per_ffn = on * nf
-    ops += [memop("post_attn_norm", "rmsnorm", t * d_model, on, "norm"),
-            memop("ffn_gather", "gather", t_g * d_model, per_ffn, "routing"),
-            gemm("gate_proj", t_g, fg, d_model, per_ffn), gemm("up_proj", t_g, fg, d_model, per_ffn),
-            memop("silu_mul", "silu_mul", t_g * fg, per_ffn, "elementwise"),
-            gemm("down_proj", t_g, d_model, fg, per_ffn),
-            memop("ffn_scatter", "scatter_add", t_g * d_model, per_ffn, "routing")]
+            memop("rope_k", "rope", t * g * hd, on, "elementwise"),
+            *_kv_append(pts, on, pts.batch, pts.kv_len, g, hd, o)]
+    for t_g, calls in _group_loads(pts, s, g, on):
+        if pts.phase == "prefill":
+            attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
+        else:
+            attn = dict(batch=t_g, q_len=1, kv_len=pts.kv_len)
+        ops += [memop("head_gather", "gather", t_g * d_model, calls, "routing"),
+                gemm("q_proj", t_g, hg * hd, d_model, calls),
+                memop("rope_q", "rope", t_g * hg * hd, calls, "elementwise"),
+                attention("group_attention", pts, calls, heads=hg, kv_heads=1, head_dim=hd, **attn),
+                gemm("o_proj", t_g, d_model, hg * hd, calls),
+                memop("head_scatter", "scatter_add", t_g * d_model, calls, "routing")]
+    ops.append(memop("post_attn_norm", "rmsnorm", t * d_model, on, "norm"))
+    for t_g, calls in _group_loads(pts, s, nf, on):
+        ops += [memop("ffn_gather", "gather", t_g * d_model, calls, "routing"),
+                gemm("gate_proj", t_g, fg, d_model, calls), gemm("up_proj", t_g, fg, d_model, calls),
+                memop("silu_mul", "silu_mul", t_g * fg, calls, "elementwise"),
+                gemm("down_proj", t_g, d_model, fg, calls),
+                memop("ffn_scatter", "scatter_add", t_g * d_model, calls, "routing")]
     return ops
 
 
