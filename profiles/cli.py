@@ -21,6 +21,7 @@ from tabulate import tabulate
 from pis import __version__
 from pis.errors import PisError, ProfileError, handle_errors
 from pis.profiles.schema import DTYPE_BYTES, META_REQUIRED, OPS, REQUIRED_OPS, SHAPE_COLUMNS, STATUS_OK
+from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import KEY_COLUMNS, Profile, check_profile, load_profile, read_profile, write_profile
 
 _FORMATS_TJ = click.Choice(["table", "json"])
@@ -44,7 +45,7 @@ def main() -> None:
 @handle_errors
 def info(file: str, fmt: str) -> None:
     """Metadata and per-op coverage of FILE (rows measured/skipped, shape ranges, latencies)."""
-    profile = read_profile(file)
+    profile = read_profile(resolve_profile(file))
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
@@ -127,7 +128,7 @@ def validate(file: str, require: Sequence[str]) -> None:
 
     Exit 0 and print 'ok: ...' when valid; exit 2 with every reason on one line when not.
     """
-    profile = read_profile(file)
+    profile = read_profile(resolve_profile(file))
     required = list(dict.fromkeys(list(REQUIRED_OPS) + list(require)))
     problems = check_profile(profile, required) + _dtype_problems(profile, required)
     if problems:
@@ -164,7 +165,7 @@ def diff(a: str, b: str, fmt: str) -> None:
     Each profile contributes the rows of its own metadata dtype, so two dtypes of one device
     can be compared too. Ratio > 1: B is slower.
     """
-    pa, pb = read_profile(a), read_profile(b)
+    pa, pb = read_profile(resolve_profile(a)), read_profile(resolve_profile(b))
     table = diff_table(pa, pb)
     if fmt == "json":
         click.echo(_dumps({"a": _describe(a, pa), "b": _describe(b, pb),
@@ -233,7 +234,7 @@ def merge(a: str, b: str, output: str, force: bool) -> None:
     out = Path(output)
     if out.exists() and not force:
         raise PisError(f"{output} exists; pass --force to overwrite it")
-    pa, pb = load_profile(a), load_profile(b)
+    pa, pb = load_profile(resolve_profile(a)), load_profile(resolve_profile(b))
     for key in ("device_name", "dtype"):
         va, vb = pa.meta.get(key), pb.meta.get(key)
         if va != vb and not force:
@@ -315,7 +316,7 @@ def loo(file: str, op: str, quantize: bool | None, by: str | None, worst: int, f
     """
     from pis.simulator.estimator import Estimator, loo_summary
 
-    profile = load_profile(file)
+    profile = load_profile(resolve_profile(file))
     est = Estimator(profile, quantize="auto" if quantize is None else quantize)
     df = est.loo_errors(op, by=by)
     summary = loo_summary(df)
