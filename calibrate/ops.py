@@ -136,7 +136,8 @@ def build_gemm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     return Bench(lambda: F.linear(x, w), _linear_backend(device))
 
 
-def _mask_2to4(w: torch.Tensor) -> torch.Tensor:
+def mask_2to4(w: torch.Tensor) -> torch.Tensor:
+    """Magnitude 2:4 pruning of ``w`` (n x k)."""
     # Keep the 2 largest of every 4 consecutive weights along K (magnitude 2:4 pruning).
     n, k = w.shape
     groups = w.reshape(n, k // 4, 4)
@@ -157,7 +158,7 @@ def build_gemm_2to4(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
         raise Unsupported(f"torch {torch.__version__} lacks semi-structured sparsity") from err
     x = _rand(s["m"], s["k"], dtype=dtype, device=device)
     try:
-        w = to_sparse_semi_structured(_mask_2to4(_rand(s["n"], s["k"], dtype=dtype, device=device)))
+        w = to_sparse_semi_structured(mask_2to4(_rand(s["n"], s["k"], dtype=dtype, device=device)))
         F.linear(x, w)
     except (RuntimeError, ValueError, NotImplementedError) as err:
         if isinstance(err, torch.cuda.OutOfMemoryError):

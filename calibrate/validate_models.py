@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pis.errors import PisError
+from pis.calibrate.ops import mask_2to4
 from pis.calibrate.reference_decoder import ROUTED_FAMILIES, RefDecoder, RefOptions
 from pis.simulator.models import ModelSpec
 from pis.simulator.pruning import (PruneOptions, layers_kept, layers_removed, lowrank_rank,
@@ -108,15 +109,6 @@ def _get(module: nn.Module, path: str) -> tuple[nn.Module, str]:
     for p in parents:
         module = getattr(module, p)
     return module, attr
-
-
-def _mask_2to4(w: torch.Tensor) -> torch.Tensor:
-    # Magnitude 2:4: keep the 2 largest of every 4 consecutive weights along K.
-    n, k = w.shape
-    groups = w.reshape(n, k // 4, 4)
-    keep = groups.abs().topk(2, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
-    return (groups * mask).reshape(n, k)
 
 
 class HfModel(ModelUnderTest):
@@ -221,7 +213,7 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
             for layer in list(layers)[:n_sparse]:
                 for path in PROJECTIONS:
                     lin = getattr(*_get(layer, path))
-                    lin.weight = nn.Parameter(to_sparse_semi_structured(_mask_2to4(lin.weight.detach())),
+                    lin.weight = nn.Parameter(to_sparse_semi_structured(mask_2to4(lin.weight.detach())),
                                               requires_grad=False)
         except (RuntimeError, ValueError, NotImplementedError) as err:
             raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
