@@ -26,6 +26,7 @@ from pis.calibrate.validate_models import ModelUnderTest, Runner, Unsupported, b
 from pis.errors import PisError
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import PRESETS, ModelSpec
+from pis.calibrate.timing import summarize as summarize_samples
 from pis.simulator.pruning import PruneOptions
 from pis.simulator.sweep import simulate_point
 
@@ -226,9 +227,8 @@ def measure(runner: Runner, device: torch.device, effort: Effort) -> tuple[float
         for _ in range(max(effort.warmup, 1)):
             est = _one(runner, device)
         n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
-        samples = np.array([_one(runner, device) for _ in range(n)]) * 1e3
-    p10, med, p90 = np.percentile(samples, [10, 50, 90])
-    return float(med), float(p10), float(p90), n
+        t = summarize_samples([_one(runner, device) for _ in range(n)])
+    return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats
 
 
 # --- predicting and running ------------------------------------------------------------------

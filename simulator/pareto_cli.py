@@ -27,8 +27,7 @@ FORMATS = ("table", "json", "csv")
 
 def _allowed(method: str, sparsities: list[float]) -> list[float]:
     """The sparsities a family can realize (semi-structured stops at 0.5)."""
-    fam = FAMILIES[method]
-    return [s for s in sparsities if (s <= fam.max_sparsity if fam.max_inclusive else s < fam.max_sparsity)]
+    return [s for s in sparsities if FAMILIES[method].allows(s)]
 
 
 def design_points(options: dict, methods: list[str], sparsities: list[float]) -> tuple[pd.DataFrame, Path]:
@@ -43,10 +42,8 @@ def design_points(options: dict, methods: list[str], sparsities: list[float]) ->
     for allowed, group in groups.items():
         df, path = sweep_from_options(method=",".join(group), sparsity=",".join(map(repr, allowed)), **options)
         frames.append(df)
+    # Dense sits in exactly one group, and the sweep already gives it one row per scenario.
     df = pd.concat(frames, ignore_index=True).fillna({c: 0.0 for c in frames[0].columns if c.startswith("t_")})
-    dense = df["method"] == "dense"
-    first = df[dense].groupby(scenario_columns(df), sort=False)["sparsity"].transform("min")
-    df = df[~dense | (df["sparsity"] == first.reindex(df.index))]
     order = {m: i for i, m in enumerate(["dense"] + methods)}
     df = df.sort_values(scenario_columns(df) + ["method", "sparsity"],
                         key=lambda c: c.map(order) if c.name == "method" else c, kind="mergesort")

@@ -307,6 +307,12 @@ class Family:
     #: False where pruning is global (hidden size) and per-layer sparsity makes no sense
     layerwise: bool = True
 
+    def allows(self, s: "float | np.ndarray") -> np.ndarray:
+        """Whether each sparsity lies in the family's range ([0, 1), or [0, 0.5] for 2:4)."""
+        s = np.asarray(s, dtype=np.float64)
+        below = s <= self.max_sparsity if self.max_inclusive else s < self.max_sparsity
+        return np.isfinite(s) & (s >= 0) & below
+
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("dense", dense, "no pruning"),
@@ -341,7 +347,7 @@ def check_sparsity(fam: Family, spec: ModelSpec, s: np.ndarray, opts: PruneOptio
     """Raise PisError for sparsities the family cannot realize on ``spec``."""
     s = np.asarray(s, dtype=np.float64)
     hi = fam.max_sparsity
-    bad = (s < 0) | (s > hi if fam.max_inclusive else s >= hi) | ~np.isfinite(s)
+    bad = ~fam.allows(s)
     if bad.any():
         interval = f"[0, {hi}]" if fam.max_inclusive else f"[0, {hi:g})"
         raise PisError(f"{fam.name}: sparsity {s[bad][0]:g} is outside {interval}")
