@@ -40,9 +40,10 @@ def main() -> None:
         cfg = configs.get(r.config)
         if cfg is None or not np.isfinite(r.measured_ms):
             continue
-        pred, extrap = predict(est, cfg)
+        pred, extrap, factor = predict(est, cfg)
         rows.append(dict(config=r.config, measured_ms=r.measured_ms, predicted_ms=pred,
-                         error_pct=(pred - r.measured_ms) / r.measured_ms * 100, extrapolated=extrap))
+                         error_pct=(pred - r.measured_ms) / r.measured_ms * 100, context_factor=factor,
+                         extrapolated=extrap))
     out = pd.DataFrame(rows)
     print(out.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     err = out["error_pct"].abs()

@@ -210,6 +210,47 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
 }
 
 
+#: Model dimensions of the ``dense_decoder`` points when no ``--model`` is given.
+CONTEXT_MODELS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden=256, ffn=704, heads=4, kv_heads=2, head_dim=64, layers=2),
+    "cpu": dict(hidden=1024, ffn=2816, heads=16, kv_heads=4, head_dim=64, layers=4),
+    "cuda": dict(hidden=4096, ffn=14336, heads=32, kv_heads=8, head_dim=128, layers=2),
+}
+#: (batch, seq) of the prefill and (batch, context) of the decode ``dense_decoder`` points.
+#: Tokens, batch and context sit on the per-op grids' own axes (powers of two), so the op sum
+#: each factor divides by is made of exact hits, not of the op interpolation's own error;
+#: the (batch, seq) splits and most contexts differ from the validation suites' points.
+CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {
+    ("tiny", "cpu"): (((1, 64),), ((1, 64),)),
+    ("tiny", "cuda"): (((1, 512),), ((8, 1024),)),
+    ("cpu", "cpu"): (((1, 64), (2, 128), (4, 512)),
+                     tuple(itertools.product((1, 2, 16), (256, 4096)))),
+    ("cuda", "cuda"): (((1, 512), (4, 1024), (4, 4096), (16, 4096)),
+                       tuple(itertools.product((1, 8, 32, 128), (512, 8192)))),
+}
+
+
+#: Whole-decoder ops: Hugging Face with a DynamicCache, and the lean reference decoder.
+CONTEXT_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
+
+
+def context_points(name: str, device_kind: str, dims: dict[str, int] | None = None) -> list[Point]:
+    """The whole-decoder points of grid ``name`` (:data:`CONTEXT_OPS`): the model's (or a default) shape."""
+    kind = "cuda" if device_kind == "cuda" else "cpu"
+    tiny = name == "tiny"
+    base = dict(CONTEXT_MODELS["tiny" if tiny and dims is None else kind])
+    if dims is not None:
+        base.update({k: int(dims[k]) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim")})
+        # Enough layers that per-layer effects dominate, few enough to stay cheap.
+        base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
+    prefill, decode = CONTEXT_SHAPES[("tiny" if tiny else kind, kind)]
+    pts = []
+    for op in CONTEXT_OPS:
+        pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, **base) for b, q in prefill]
+        pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, **base) for b, c in decode]
+    return pts
+
+
 def grid_spec(name: str, device_kind: str) -> GridSpec:
     """The axes of grid ``name`` for ``device_kind`` (``cpu`` or ``cuda``)."""
     if name not in GRID_NAMES:
@@ -292,17 +333,17 @@ class Grid:
 
 
 def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tuple[int, int]] = (),
-               model_name: str | None = None) -> Grid:
+               model_name: str | None = None, model_dims: dict[str, int] | None = None) -> Grid:
     """The deduplicated, capped and importance-ordered points of grid ``name``."""
     spec = grid_spec(name, device_kind)
     seen: set[Point] = set()
     kept: list[Point] = []
-    for p in _points(spec, device_kind, model_pairs):
+    for p in _points(spec, device_kind, model_pairs) + context_points(name, device_kind, model_dims):
         if p in seen:
             continue
         seen.add(p)
         s = p.shape_dict
-        if p.op != "overhead":
+        if p.op != "overhead" and p.op not in CONTEXT_OPS:
             if float(op_flops(p.op, s)) > spec.max_flops or live_bytes(p.op, s, dtype) > spec.max_bytes:
                 continue
         kept.append(p)

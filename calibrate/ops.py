@@ -57,6 +57,9 @@ class Bench:
     #: wall mode: ``fn`` issues ``inner`` calls, time per call = wall time / inner
     inner: int = 1
     wall: bool = False
+    #: a whole-model bench that needs an untimed setup per repeat measures itself
+    #: (the same discipline, see :func:`pis.calibrate.validate.measure`)
+    timed: "Callable[[], tuple[float, float, float, int]] | None" = None
 
 
 Shape = Mapping[str, int]
@@ -294,6 +297,96 @@ def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     return Bench(fn, _prefix(device) + "eager-add", inner=OVERHEAD_INNER, wall=True)
 
 
+#: Whole-decoder benches: about a second of repeats each (they are few, and their medians
+#: feed every simulation through the in-context factor).
+_DECODER_EFFORT_KW = dict(warmup=2, min_repeats=7, max_repeats=40, target_s=1.0)
+
+
+def _untimed_call(runner) -> Callable[[], object]:
+    # ``fn`` of a whole-decoder bench: setup and step (its timing goes through ``timed``).
+    def fn() -> object:
+        if runner.setup is not None:
+            runner.setup()
+        return runner.step()
+    return fn
+
+
+def _decoder_spec(s: Shape) -> "ModelSpec":
+    from pis.simulator.models import ModelSpec
+
+    return ModelSpec("context-check", hidden=int(s["hidden"]), ffn=int(s["ffn"]), layers=int(s["layers"]),
+                     heads=int(s["heads"]), kv_heads=int(s["kv_heads"]), head_dim=int(s["head_dim"]),
+                     vocab=1024)
+
+
+def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """A dense Hugging Face Llama decoder of the shape's dimensions, timed end to end.
+
+    Prefill: one forward of ``batch x q_len`` tokens; decode: one step against a fresh
+    ``DynamicCache`` of ``kv_len`` (built untimed before every repeat), exactly as
+    ``pis-validate`` times its models. The base model runs (no LM head: the head is one GEMM
+    the profile measures already).
+    """
+    try:
+        import transformers  # noqa: F401 - the `validate` extra
+    except ImportError:
+        raise Unsupported("dense_decoder needs transformers (pip install 'pruninginfersim[validate]')") from None
+    from pis.calibrate.validate import Effort, measure
+    from pis.calibrate.validate_models import Runner, build_hf, token_ids
+    from pis.simulator.pruning import PruneOptions
+
+    spec = _decoder_spec(s)
+    hf = build_hf(spec, "dense", 0.0, device, dtype, PruneOptions())
+    base, b = hf.model.model, int(s["batch"])
+    if int(s["causal"]):
+        ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
+        runner = Runner(lambda: base(input_ids=ids, use_cache=True))
+    else:
+        from transformers import DynamicCache
+
+        ids = token_ids(spec.vocab, b, 1, device)
+        cache_kv = hf._kv(b, int(s["kv_len"]))
+        state: dict = {}
+
+        def setup() -> None:
+            state["cache"] = DynamicCache(cache_kv, config=hf.config)
+
+        runner = Runner(lambda: base(input_ids=ids, use_cache=True, **{hf.cache_kw: state["cache"]}), setup)
+    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure(runner, device, Effort(**_DECODER_EFFORT_KW)))
+
+
+def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """The dense decoder of the shape on pis's reference decoder, decode into a preallocated cache.
+
+    A lean executor: no Hugging Face glue, the new token's K/V written in place. Timed as
+    ``pis-validate`` times the reference decoder (fresh cache copies before every repeat).
+    """
+    from pis.calibrate.reference_decoder import RefDecoder, RefOptions
+    from pis.calibrate.validate import Effort, measure
+    from pis.calibrate.validate_models import Runner, token_ids
+
+    spec = _decoder_spec(s)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = RefDecoder(spec, "dense", 0.0, RefOptions(inplace_cache=True))
+    model = model.to(dtype).eval()
+    b = int(s["batch"])
+    if int(s["causal"]):
+        ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
+        runner = Runner(lambda: model.prefill(ids, logits=False))
+    else:
+        ctx = int(s["kv_len"])
+        ids = token_ids(spec.vocab, b, 1, device)
+        template = model.make_caches(b, ctx)
+        state: dict = {}
+
+        def setup() -> None:
+            state["caches"] = [tuple(t.clone() for t in c) for c in template]
+
+        runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
+    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure(runner, device, Effort(**_DECODER_EFFORT_KW)))
+
+
 BUILDERS: dict[str, Builder] = {
     "gemm": build_gemm,
     "gemm_2to4": build_gemm_2to4,
@@ -306,6 +399,8 @@ BUILDERS: dict[str, Builder] = {
     "gather": build_gather,
     "scatter_add": build_scatter_add,
     "topk": build_topk,
+    "dense_decoder": build_dense_decoder,
+    "dense_decoder_prealloc": build_dense_decoder_prealloc,
     "overhead": build_overhead,
 }
 assert set(BUILDERS) == set(OPS), "every schema op needs a builder"

@@ -46,6 +46,9 @@ class RefOptions:
     router_rank: int = 16
     block: int = 64
     ffn_groups: int = 8
+    #: dense decode writes the new token into a preallocated cache slot (a lean executor's
+    #: static cache) instead of concatenating as HF's DynamicCache does
+    inplace_cache: bool = False
 
 
 class RMSNorm(nn.Module):
@@ -150,8 +153,8 @@ class RefLayer(nn.Module):
             out = self._sparse_prefill(q, k, v) if self.sparse_attn else _sdpa(q, k, v, causal=True)
         elif self.sparse_attn:
             out = self._sparse_decode(q, k, v, cache)
-        elif self.depth:
-            # Preallocated cache of the kept sequences with a free last slot: write the new token.
+        elif self.depth or self.o.inplace_cache:
+            # Preallocated cache (of the kept sequences) with a free last slot: write the new token.
             kc, vc = cache
             kc[:, :, -1:], vc[:, :, -1:] = k, v
             out = _sdpa(q, kc, vc, causal=False)
@@ -346,26 +349,31 @@ class RefDecoder(nn.Module):
         self.lm_head = nn.Linear(spec.hidden, spec.vocab, bias=False)
         self.rotary = Rotary(spec.head_dim)
 
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits of the last token of each sequence, (B, 1, V), for a (B, S) prompt."""
+    def prefill(self, ids: torch.Tensor, logits: bool = True) -> torch.Tensor:
+        """Logits of the last token of each sequence, (B, 1, V), for a (B, S) prompt
+        (``logits=False``: the final hidden states, without the LM head)."""
         x = self.embed(ids)
         cos, sin = self.rotary(torch.arange(ids.shape[1], device=ids.device), x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.norm(x)[:, -1:])
+        x = self.norm(x)
+        return self.lm_head(x[:, -1:]) if logits else x
 
-    def decode(self, ids: torch.Tensor, caches: list[tuple], context: int) -> torch.Tensor:
-        """Logits (B, 1, V) of one decode step of (B, 1) tokens after ``context`` cached ones."""
+    def decode(self, ids: torch.Tensor, caches: list[tuple], context: int, logits: bool = True) -> torch.Tensor:
+        """Logits (B, 1, V) of one decode step of (B, 1) tokens after ``context`` cached ones
+        (``logits=False``: the final hidden states)."""
         x = self.embed(ids)
         cos, sin = self.rotary(torch.tensor([context], device=ids.device), x.dtype)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, cache)
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return self.lm_head(x) if logits else x
 
     def make_caches(self, batch: int, context: int, *, generator: torch.Generator | None = None) -> list[tuple]:
         """Random KV caches of ``context`` tokens in the layout each family's decode step reads.
 
-        dense: (B, G, C, d) that the step concatenates onto (as HF's DynamicCache does);
+        dense: (B, G, C, d) that the step concatenates onto (as HF's DynamicCache does), or
+        (B, G, C + 1, d) with a free slot with ``inplace_cache``;
         dynamic-depth: the T_k kept sequences' caches of ceil((1−s)·C) tokens plus a free slot;
         dynamic-width: (B, G, C + 1, d) with a free slot; sparse-attention: C + 1 slots padded
         to whole blocks, plus pooled keys per block.
@@ -376,7 +384,7 @@ class RefDecoder(nn.Module):
         kw = dict(device=p.device, dtype=p.dtype, generator=generator)
         if self.method == "dynamic-depth" and s > 0:
             shape = (_ceil((1.0 - s) * batch), g, _ceil((1.0 - s) * context) + 1, hd)
-        elif self.method == "dynamic-width" and s > 0:
+        elif (self.method == "dynamic-width" and s > 0) or self.opts.inplace_cache:
             shape = (batch, g, context + 1, hd)
         elif self.method == "sparse-attention" and s > 0:
             nb = _ceil((context + 1) / self.opts.block)

@@ -13,7 +13,7 @@ import pandas as pd
 from pis.errors import PisError, handle_errors
 from pis.simulator.models import ModelSpec
 
-TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct")
+TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct", "ctx_x", "ops_error_pct")
 
 
 def _hf_config_json(spec: ModelSpec) -> dict:
@@ -54,10 +54,11 @@ def format_table(report: pd.DataFrame) -> str:
     for r in report.itertuples(index=False):
         if r.status == "ok":
             rows.append([r.config, f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
-                         f"{r.error_pct:+.1f}" + ("*" if r.extrapolated else "")])
+                         f"{r.error_pct:+.1f}" + ("*" if r.extrapolated else ""),
+                         f"{r.context_factor:.3f}", f"{r.ops_error_pct:+.1f}"])
         else:
             rows.append([r.config, "-", "-" if pd.isna(r.predicted_ms) else f"{r.predicted_ms:.3f}",
-                         r.status])
+                         r.status, "", ""])
     return tabulate(rows, headers=list(TABLE_COLUMNS), disable_numparse=True)
 
 
@@ -89,7 +90,9 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
-    given context (TPOT). error_pct = (predicted - measured) / measured * 100.
+    given context (TPOT). error_pct = (predicted - measured) / measured * 100; the prediction is
+    the op sum times the profile's in-context factor ctx_x (1 for profiles without whole-decoder
+    rows), and ops_error_pct scores the plain op sum.
     """
     if profile and do_calibrate:
         raise PisError("pass either --profile or --calibrate, not both")

@@ -56,7 +56,7 @@ class ModelUnderTest:
         raise NotImplementedError
 
 
-def _ids(vocab: int, batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+def token_ids(vocab: int, batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, length), generator=g).to(device)
 
@@ -135,11 +135,11 @@ class HfModel(ModelUnderTest):
     def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
         model = self.model
         if phase == "prefill":
-            ids = _ids(self.config.vocab_size, batch, seq_len, self.device)
+            ids = token_ids(self.config.vocab_size, batch, seq_len, self.device)
             return Runner(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1))
         from transformers import DynamicCache
         kv = self._kv(batch, context)
-        ids = _ids(self.config.vocab_size, batch, 1, self.device)
+        ids = token_ids(self.config.vocab_size, batch, 1, self.device)
         state: dict = {}
 
         def setup() -> None:
@@ -233,9 +233,9 @@ class RefModel(ModelUnderTest):
     def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
         m, spec = self.model, self.model.spec
         if phase == "prefill":
-            ids = _ids(spec.vocab, batch, seq_len, self.device)
+            ids = token_ids(spec.vocab, batch, seq_len, self.device)
             return Runner(lambda: m.prefill(ids))
-        ids = _ids(spec.vocab, batch, 1, self.device)
+        ids = token_ids(spec.vocab, batch, 1, self.device)
         template = m.make_caches(batch, context, generator=None)
         state: dict = {}
 

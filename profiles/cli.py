@@ -49,9 +49,11 @@ def info(file: str, fmt: str) -> None:
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
+    context = _context_factors(profile)
     if fmt == "json":
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
-                           "coverage": coverage, "simulator_peaks": peaks, "problems": problems}))
+                           "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
+                           "context_factors": context}))
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
@@ -64,8 +66,20 @@ def info(file: str, fmt: str) -> None:
               "  ".join(f"{k} {_range(v)}" for k, v in c["shape_ranges"].items()),
               _range(c["median_us"], fmt="{:.3g}")] for c in coverage]
     click.echo(tabulate(table, headers=["op", "measured", "skipped", "shape ranges (values)", "median µs"]))
+    if context:
+        click.echo("\nin-context factors (measured dense decoder / predicted op sum; see simulator/context.py):")
+        click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
     if problems:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
+
+
+def _context_factors(profile: Profile) -> list[dict[str, Any]]:
+    from pis.simulator.estimator import Estimator
+
+    try:
+        return Estimator(profile).context.summary()
+    except PisError:  # a profile too incomplete to predict its own decoders
+        return []
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

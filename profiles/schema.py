@@ -15,14 +15,17 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Every shape column a profile may carry; columns an op does not use are null.
 SHAPE_COLUMNS: tuple[str, ...] = (
     "m", "n", "k",
     "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal",
     "numel",
+    "hidden", "ffn", "layers",
 )
+#: Shape columns added after schema v1; v1 files lack them and read as null.
+SHAPE_COLUMNS_SINCE_V2: tuple[str, ...] = ("hidden", "ffn", "layers")
 TIMING_COLUMNS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats")
 #: Columns in the order they are written.
 COLUMNS: tuple[str, ...] = (
@@ -94,6 +97,28 @@ def _topk_flops(s: Shape) -> np.ndarray:
     return _f(s["m"]) * _f(s["n"]) * np.log2(np.maximum(_f(s["k"]), 2.0))
 
 
+def _decoder_dims(s: Shape) -> tuple[np.ndarray, ...]:
+    tokens = _f(s["batch"]) * _f(s["q_len"])
+    hidden, ffn, hd = _f(s["hidden"]), _f(s["ffn"]), _f(s["head_dim"])
+    weights = hidden * hd * (2.0 * _f(s["heads"]) + 2.0 * _f(s["kv_heads"])) + 3.0 * hidden * ffn
+    return tokens, weights, _f(s["layers"])
+
+
+def _decoder_flops(s: Shape) -> np.ndarray:
+    tokens, weights, layers = _decoder_dims(s)
+    return layers * (2.0 * tokens * weights + _attn_flops(s))
+
+
+def _decoder_bytes(s: Shape, e: int) -> np.ndarray:
+    # Weights once per layer, the attention's Q/K/V/O, and the residual stream in and out.
+    tokens, weights, layers = _decoder_dims(s)
+    return layers * (e * weights + _attn_bytes(s, e) + 2.0 * e * tokens * _f(s["hidden"]))
+
+
+_DECODER_COLUMNS = ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "hidden", "ffn",
+                    "layers")
+
+
 def _zero(s: Shape) -> np.ndarray:
     return np.zeros(np.broadcast(*[np.asarray(v) for v in s.values()]).shape) if s else np.zeros(())
 
@@ -145,6 +170,15 @@ OPS: dict[str, OpKind] = {
                _numel, _mem(3.0)),
         OpKind("topk", ("m", "n", "k"), "torch.topk of k out of n along the last dim, m rows",
                _topk_flops, lambda s, e: e * _f(s["m"]) * _f(s["n"])),
+        OpKind("dense_decoder", _DECODER_COLUMNS,
+               "a whole dense decoder (no LM head) run end to end by Hugging Face transformers: "
+               "prefill (causal = 1) or one decode step with a DynamicCache of kv_len (causal = 0); "
+               "the in-context check of the op sum for --kv-cache concat (see simulator/context.py)",
+               _decoder_flops, _decoder_bytes),
+        OpKind("dense_decoder_prealloc", _DECODER_COLUMNS,
+               "the same decoder run by pis's plain-PyTorch reference decoder, decode writing into "
+               "a preallocated KV cache in place: the in-context check for --kv-cache preallocated",
+               _decoder_flops, _decoder_bytes),
         OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
                _zero, lambda s, e: _zero(s)),
     )

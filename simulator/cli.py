@@ -106,6 +106,10 @@ def common_options(func: Callable) -> Callable:
                      show_default=True,
                      help="Decode KV cache: concat copies each layer's cache per step (Hugging Face "
                           "DynamicCache); preallocated writes in place (static/paged caches)."),
+        click.option("--no-context", "no_context", is_flag=True,
+                     help="Report plain sums of per-op times, without the profile's in-context "
+                          "factor (measured whole dense decoders / their op sums; column "
+                          "context_factor, 1 when the profile has no dense_decoder rows)."),
         click.option("--allow-roofline", is_flag=True,
                      help="Estimate ops missing from the profile (e.g. 2:4 GEMMs on a CPU profile) "
                           "by roofline instead of failing; such results are flagged extrapolated."),
@@ -127,15 +131,17 @@ def load_estimator(profile: str | None, allow_roofline: bool) -> tuple[Estimator
 def run_sweep(est: Estimator, models: Sequence[ModelSpec], methods: Sequence[str],
               sparsities: Sequence[float], phases: Sequence[str], batches: Sequence[int],
               seq_lens: Sequence[int], contexts: Sequence[int], opts: PruneOptions,
-              breakdown: bool, jobs: int) -> pd.DataFrame:
+              breakdown: bool, jobs: int, in_context: bool = True) -> pd.DataFrame:
     """Run a sweep, optionally split over joblib workers; row order never depends on ``jobs``."""
     if jobs == 1:
-        return sweep(est, models, methods, sparsities, phases, batches, seq_lens, contexts, opts, breakdown)
+        return sweep(est, models, methods, sparsities, phases, batches, seq_lens, contexts, opts, breakdown,
+                     in_context)
     from joblib import Parallel, delayed
 
     tasks = [(m, p, meth) for m in models for p in phases for meth in methods]
     parts = Parallel(n_jobs=jobs)(
-        delayed(sweep)(est, [m], [meth], sparsities, [p], batches, seq_lens, contexts, opts, breakdown)
+        delayed(sweep)(est, [m], [meth], sparsities, [p], batches, seq_lens, contexts, opts, breakdown,
+                       in_context)
         for m, p, meth in tasks)
     return pd.concat(parts, ignore_index=True).fillna(0.0)
 
@@ -143,7 +149,8 @@ def run_sweep(est: Estimator, models: Sequence[ModelSpec], methods: Sequence[str
 def sweep_from_options(profile: str | None, model: str, method: str, sparsity: str, phase: str,
                        batch: str, seq_len: str, context: str, granularity: str, align: int,
                        layer_sparsity: str | None, allow_roofline: bool, jobs: int,
-                       breakdown: bool, kv_cache: str = "concat") -> tuple[pd.DataFrame, Path]:
+                       breakdown: bool, kv_cache: str = "concat",
+                       in_context: bool = True) -> tuple[pd.DataFrame, Path]:
     """Parse the CLI's lists, validate everything, then run the sweep."""
     models = [load_model(m) for m in split_list(model, "--model", str)]
     methods = parse_methods(method)
@@ -166,7 +173,7 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
         click.echo("note: semi-structured skipped: the profile has no gemm_2to4 rows (2:4 needs a "
                    "CUDA sm80+ profile); --allow-roofline estimates it", err=True)
     df = run_sweep(est, models, methods, sparsities, phases, batches, seq_lens, contexts, opts,
-                   breakdown, jobs)
+                   breakdown, jobs, in_context)
     return df, path
 
 
@@ -196,6 +203,7 @@ def human_table(df: pd.DataFrame, breakdown: bool) -> str:
         "ctx": np.where(df["phase"] == "decode", df["context_len"].astype(str), "-"),
         "latency_ms": df["latency_ms"], "speedup": df["speedup"],
         "bound": df["theoretical_speedup"], "flops_x": df["flops_ratio"],
+        "ctx_x": df["context_factor"],
         "path": [_source_tag(r) for r in df[["frac_exact", "frac_interp", "frac_roofline"]].to_numpy()],
         "flag": np.where(df["extrapolated"], "EXTRAP", ""),
     })
@@ -266,14 +274,16 @@ def _methods_help() -> str:
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, kv_cache: str, allow_roofline: bool, jobs: int,
-         method: str, sparsity: str, phase: str, fmt: str, out: str | None, force: bool,
+         align: int, layer_sparsity: str | None, kv_cache: str, no_context: bool, allow_roofline: bool,
+         jobs: int, method: str, sparsity: str, phase: str, fmt: str, out: str | None, force: bool,
          breakdown: bool) -> None:
     """Predict how fast a pruned LLM runs, from a measured latency profile.
 
     Every comma list makes a Cartesian sweep. Each prediction sums per-op latencies answered
     from the profile by exact hit, interpolation, or roofline (speed of light / utilization);
     the `path` column shows the mix, and EXTRAP flags any op outside the calibrated range.
+    Profiles that measured whole dense decoders scale the sum by the in-context factor
+    (column `ctx_x`): what a real model loses to cache misses, allocation and framework glue.
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
     time) and `flops_x` the FLOPs ratio.
 
@@ -283,7 +293,7 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     t0 = time.perf_counter()
     df, path = sweep_from_options(profile, model, method, sparsity, phase, batch, seq_len, context,
                                   granularity, align, layer_sparsity, allow_roofline, jobs, breakdown,
-                                  kv_cache)
+                                  kv_cache, in_context=not no_context)
     elapsed = time.perf_counter() - t0
     if fmt == "table":
         click.echo(f"profile: {path}  ({len(df)} design points in {elapsed:.2f} s)", err=True)

@@ -34,7 +34,7 @@ On CPU the timings (``perf_counter``) already include dispatch, so nothing is ad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from pis.errors import MissingOpError, PisError, ProfileError
 from pis.profiles.schema import OPS, OpKind, op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.interp import LogInterpolator
+
+if TYPE_CHECKING:
+    from pis.simulator.context import ContextModel
 
 #: ``OpPrediction.source`` codes, and their names (index = code).
 EXACT, INTERP, ROOFLINE = 0, 1, 2
@@ -109,8 +112,17 @@ class Estimator:
         #: utilization assumed for ops the profile lacks (median GEMM utilization)
         self.default_utilization = self._default_utilization()
         self._models: dict[str, _OpModel] = {}
+        self._context: "ContextModel | None" = None
 
     # --- public API ---------------------------------------------------------------------
+
+    @property
+    def context(self) -> "ContextModel":
+        """The profile's in-context factors (:mod:`pis.simulator.context`), built on first use."""
+        if self._context is None:
+            from pis.simulator.context import ContextModel
+            self._context = ContextModel(self)
+        return self._context
 
     def ops(self) -> list[str]:
         """Ops with measured rows of this estimator's dtype."""
@@ -467,7 +479,8 @@ def _rows_by_op(profile: Profile, dtype: str) -> dict[str, _OpRows]:
     more repeats, as ``pis-profile merge`` does.
     """
     ok = profile.ok_rows
-    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin(list(OPS))]
+    # Whole-decoder rows are not an op the graph executes; simulator/context.py reads them.
+    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin([o for o in OPS if not o.startswith("dense_decoder")])]
     out: dict[str, _OpRows] = {}
     for op, sub in ok.groupby("op", sort=True):
         cols = list(OPS[str(op)].columns)

@@ -151,8 +151,8 @@ def _write(text: str, out: str | None, force: bool) -> None:
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, kv_cache: str, allow_roofline: bool, jobs: int,
-         method: str,
+         align: int, layer_sparsity: str | None, kv_cache: str, no_context: bool, allow_roofline: bool,
+         jobs: int, method: str,
          sparsity: str, phase: str, quality_file: str | None, plot_dir: str | None, fmt: str,
          out: str | None, force: bool) -> None:
     """Acceleration-quality Pareto frontier of pruning families.
@@ -185,7 +185,7 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     options = dict(profile=profile, model=model, phase=phase, batch=batch, seq_len=seq_len,
                    context=context, granularity=granularity, align=align,
                    layer_sparsity=layer_sparsity, allow_roofline=allow_roofline, jobs=jobs,
-                   breakdown=plot_dir is not None, kv_cache=kv_cache)
+                   breakdown=plot_dir is not None, kv_cache=kv_cache, in_context=not no_context)
     sim, path = design_points(options, [m for m in methods if quality.has(m)], sparsities)
     points = quality.annotate(sim)
     out_of_range = points["quality_flag"] == FLAG_OUT_OF_RANGE

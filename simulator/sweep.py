@@ -26,7 +26,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "model", "method", "sparsity", "phase", "batch", "seq_len", "context_len",
     "latency_ms", "dense_latency_ms", "speedup", "theoretical_speedup", "flops_ratio",
     "flops", "bytes", "sol_ms", "extrapolated",
-    "frac_exact", "frac_interp", "frac_roofline",
+    "frac_exact", "frac_interp", "frac_roofline", "context_factor",
 )
 
 
@@ -82,11 +82,12 @@ def simulate_points(est: Estimator, spec: ModelSpec, method: str, pts: Points,
 
 def simulate_point(estimator_or_profile: "Estimator | Profile", spec: ModelSpec, method: str,
                    sparsity: float, phase: str, batch: int, seq_len: int, context: int,
-                   opts: PruneOptions | None = None) -> dict:
+                   opts: PruneOptions | None = None, in_context: bool = True) -> dict:
     """Simulate one design point and return the result row as a dict (``latency_ms`` etc.)."""
     est = (estimator_or_profile if isinstance(estimator_or_profile, Estimator)
            else Estimator(estimator_or_profile))
-    df = sweep(est, [spec], [method], [sparsity], [phase], [batch], [seq_len], [context], opts)
+    df = sweep(est, [spec], [method], [sparsity], [phase], [batch], [seq_len], [context], opts,
+               in_context=in_context)
     return df.iloc[0].to_dict()
 
 
@@ -97,9 +98,10 @@ def _select(tot: Totals, mask: np.ndarray) -> Totals:
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,
-           breakdown: bool) -> pd.DataFrame:
-    lat = tot.latency_us / 1e3
-    dense_lat = dense.latency_us / 1e3
+           breakdown: bool, factor: np.ndarray) -> pd.DataFrame:
+    # The in-context factor scales dense and pruned alike (same tokens, batch and context).
+    lat = factor * tot.latency_us / 1e3
+    dense_lat = factor * dense.latency_us / 1e3
     src = tot.by_source_us / np.maximum(tot.latency_us, 1e-30)
     data = {
         "model": spec.name, "method": method, "sparsity": pts.sparsity, "phase": pts.phase,
@@ -111,6 +113,7 @@ def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals
         "flops": tot.flops, "bytes": tot.bytes, "sol_ms": tot.sol_us / 1e3,
         "extrapolated": tot.extrapolated | dense.extrapolated,
         "frac_exact": src[0], "frac_interp": src[1], "frac_roofline": src[2],
+        "context_factor": factor,
     }
     df = pd.DataFrame(data)
     if breakdown:
@@ -122,11 +125,13 @@ def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals
 def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
           sparsities: Iterable[float], phases: Iterable[str], batches: Iterable[int],
           seq_lens: Iterable[int], contexts: Iterable[int], opts: PruneOptions | None = None,
-          breakdown: bool = False) -> pd.DataFrame:
+          breakdown: bool = False, in_context: bool = True) -> pd.DataFrame:
     """Cartesian sweep; one row per design point, in a deterministic order.
 
     Decode ignores ``seq_len`` and prefill ignores ``context``, but both stay in the product
-    so that every combination the user asked for has a row.
+    so that every combination the user asked for has a row. With ``in_context`` (default),
+    latencies are op sums times the profile's in-context factor (:mod:`pis.simulator.context`;
+    1 for profiles without ``dense_decoder`` rows); without it, plain op sums.
     """
     opts = opts or PruneOptions()
     methods, sparsities = list(methods), [float(s) for s in sparsities]
@@ -136,15 +141,16 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
         grid = np.array(list(itertools.product(sparsities, batches, seq_lens, contexts)), dtype=np.float64)
         pts = Points.make(phase, grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 0])
         dense = simulate_points(est, spec, "dense", pts, opts)
+        factor = est.context.factor(spec, pts, opts.kv_cache) if in_context else np.ones(len(pts))
         for method in methods:
             if method == "dense":
                 # Dense ignores sparsity: one row per (batch, seq, context), reported at s = 0.
                 first = pts.sparsity == pts.sparsity[0]
                 d_pts = Points.make(phase, pts.batch[first], pts.seq_len[first], pts.context[first], 0.0)
                 d_tot = _select(dense, first)
-                frames.append(_frame(spec, method, d_pts, d_tot, d_tot, breakdown))
+                frames.append(_frame(spec, method, d_pts, d_tot, d_tot, breakdown, factor[first]))
                 continue
             tot = simulate_points(est, spec, method, pts, opts)
-            frames.append(_frame(spec, method, pts, tot, dense, breakdown))
+            frames.append(_frame(spec, method, pts, tot, dense, breakdown, factor))
     df = pd.concat(frames, ignore_index=True)
     return df.fillna({c: 0.0 for c in df.columns if c.startswith("t_")})

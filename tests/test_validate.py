@@ -102,9 +102,11 @@ def test_measure_calls_setup_before_every_repeat():
 def test_summary_per_family_and_overall():
     rep = pd.DataFrame({"method": ["a", "a", "b", "b"], "phase": ["prefill"] * 4,
                         "error_pct": [10.0, -30.0, 5.0, np.nan],
+                        "ops_error_pct": [-20.0, -40.0, 1.0, np.nan],
                         "status": ["ok", "ok", "ok", "skipped: x"]})
     s = summarize(rep).set_index("method")
     assert s.loc["a", "median_abs_error_pct"] == 20.0 and s.loc["a", "max_abs_error_pct"] == 30.0
+    assert s.loc["a", "ops_median_abs_error_pct"] == 30.0 and s.loc["overall", "ops_max_abs_error_pct"] == 40.0
     assert s.loc["b", "n"] == 1 and s.loc["overall", "n"] == 3
     assert s.loc["overall", "max_abs_error_pct"] == 30.0
 

@@ -1,0 +1,151 @@
+"""In-context correction: how much slower a real decoder runs than the sum of its isolated ops.
+
+Calibration times every op alone, in a loop. Inside a model the same ops run slower: their
+outputs land in memory that is not in cache (or, on a CPU, not even mapped yet: glibc hands
+freed activations back to the kernel and the next forward page-faults them in again), the
+framework adds its own glue (Hugging Face's unfused RMSNorm, the attention output's
+``transpose().contiguous()``, ``DynamicCache`` concatenation), and eager GPU execution may be
+bound by the host issuing kernels. None of that is in a per-op profile.
+
+A profile may therefore also hold whole-decoder rows: a dense decoder (no LM head) timed end
+to end at a few (batch, length) points, by two executors: ``dense_decoder`` is Hugging Face
+transformers with its ``DynamicCache`` (the ``--kv-cache concat`` world), and
+``dense_decoder_prealloc`` is pis's lean reference decoder writing a preallocated cache in
+place (``--kv-cache preallocated``). For each row this module predicts the same decoder, with
+the same cache discipline, from the per-op rows of the same profile; the ratio
+
+    factor = measured dense decoder / predicted op sum
+
+is the in-context factor at that point. A simulation multiplies its op sum by the factor at
+its own point — a least-squares log-linear law through the measured factors (in tokens for
+prefill, in batch and context for decode), clamped to the calibrated range — for dense and
+pruned models alike, so speedups keep coming from the op graph while absolute latencies
+include what the op graph cannot see.
+Profiles without such rows (all v1 profiles) get a factor of 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pis.profiles.schema import STATUS_OK
+from pis.simulator.models import ModelSpec
+from pis.simulator.points import Points
+
+#: Dimensions that identify the decoder a whole-decoder row measured.
+DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
+#: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
+OP_FOR_KV_CACHE: dict[str, str] = {"concat": "dense_decoder", "preallocated": "dense_decoder_prealloc"}
+
+
+@dataclass(frozen=True)
+class ContextPoint:
+    """One measured dense decoder and the op sum predicted for it."""
+
+    phase: str
+    batch: int
+    length: int  # seq_len in prefill, context in decode
+    measured_us: float
+    predicted_us: float
+
+    @property
+    def factor(self) -> float:
+        """measured / predicted."""
+        return self.measured_us / self.predicted_us
+
+
+class ContextModel:
+    """The in-context factors of one profile, per decoder shape and phase."""
+
+    def __init__(self, est: "Estimator") -> None:  # noqa: F821 - avoids an import cycle
+        rows = est.profile.rows
+        kv_of = {op: kv for kv, op in OP_FOR_KV_CACHE.items()}
+        rows = rows[rows["op"].isin(list(kv_of)) & (rows["status"] == STATUS_OK) & (rows["dtype"] == est.dtype)]
+        #: (kv_cache, dims) -> measured points
+        self.points: dict[tuple, list[ContextPoint]] = {}
+        for r in rows.itertuples(index=False):
+            dims = tuple(int(getattr(r, d)) for d in DIMS)
+            spec = ModelSpec("dense-decoder", hidden=dims[0], ffn=dims[1], layers=int(r.layers),
+                             heads=dims[2], kv_heads=dims[3], head_dim=dims[4], vocab=1)
+            phase = "prefill" if int(r.causal) else "decode"
+            length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
+            kv = kv_of[r.op]
+            pred = _decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
+            self.points.setdefault((kv, dims), []).append(
+                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred))
+        self._interp: dict[tuple, object] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def nearest_dims(self, spec: ModelSpec, kv_cache: str = "concat") -> tuple[int, ...] | None:
+        """The measured decoder shape closest to ``spec`` (log distance of hidden and FFN)."""
+        measured = [dims for kv, dims in self.points if kv == kv_cache]
+        if not measured:
+            return None
+        want = np.log([spec.hidden, spec.ffn])
+        return min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
+
+    def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat") -> np.ndarray:
+        """The factor at every design point of ``pts`` (ones without calibrated rows)."""
+        dims = self.nearest_dims(spec, kv_cache)
+        key = (kv_cache, dims)
+        cps = [p for p in self.points.get(key, []) if p.phase == pts.phase] if dims else []
+        if not cps:
+            return np.ones(len(pts))
+        if pts.phase == "prefill":
+            return self._fit(key + ("prefill",), cps, [pts.batch * pts.seq_len])
+        return self._fit(key + ("decode",), cps, [pts.batch, pts.context])
+
+    def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray]) -> np.ndarray:
+        """A least-squares log-linear law through the measured factors, evaluated at ``query``.
+
+        Prefill: log f = a + b·log(tokens); decode: log f = a + b·log(batch) + c·log(context).
+        Single measurements of a whole decoder scatter by several percent on a busy machine, so
+        a fit smooths them where interpolating through every point would carry each one's noise.
+        Axes with one measured value drop out; queries are clamped to the measured box.
+        """
+        if key not in self._interp:
+            axes = [[p.batch * p.length] for p in cps] if len(query) == 1 else \
+                [[p.batch, p.length] for p in cps]
+            x = np.log(np.asarray(axes, dtype=np.float64))
+            lo, hi = x.min(axis=0), x.max(axis=0)
+            used = hi > lo
+            design = np.column_stack([np.ones(len(x)), x[:, used]])
+            coef, *_ = np.linalg.lstsq(design, np.log([p.factor for p in cps]), rcond=None)
+            self._interp[key] = (coef, used, lo, hi)
+        coef, used, lo, hi = self._interp[key]
+        q = np.log(np.column_stack([np.asarray(a, dtype=np.float64) for a in query]))
+        q = np.clip(q, lo, hi)
+        return np.exp(coef[0] + q[:, used] @ coef[1:])
+
+    def summary(self) -> list[dict]:
+        """Every measured point with its factor (for ``pis-profile info`` and the docs)."""
+        out = []
+        for (kv, dims), cps in sorted(self.points.items()):
+            for p in sorted(cps, key=lambda p: (p.phase, p.batch, p.length)):
+                out.append(dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=p.phase, batch=p.batch, length=p.length,
+                                measured_ms=p.measured_us / 1e3, op_sum_ms=p.predicted_us / 1e3,
+                                factor=p.factor))
+        return out
+
+
+def _decoder_op_sum(est: "Estimator", spec: ModelSpec, phase: str, batch: int,  # noqa: F821
+                    length: int, kv_cache: str = "concat") -> float:
+    """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows."""
+    from pis.simulator.pruning import PruneOptions, build_ops
+
+    seq, ctx = (length, length) if phase == "prefill" else (1, length)
+    pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), 0.0)
+    total = 0.0
+    # The cache discipline of the executor that measured the row.
+    for g in build_ops("dense", spec, pts, PruneOptions(kv_cache=kv_cache)):
+        if g.name == "lm_head":
+            continue
+        count = float(np.broadcast_to(g.count, (1,))[0])
+        if count:
+            shape = {k: np.broadcast_to(v, (1,)) for k, v in g.shape.items()}
+            total += count * float(est.predict(g.op, shape).time_us[0])
+    return total
