@@ -12,9 +12,11 @@
   synchronized once, divided by ``inner``: the rate at which the framework issues ops.
 
 Repeats adapt to the op: after warm-up, one call is estimated and the repeat count chosen so
-the point takes about ``target_s`` (clamped to ``[min_repeats, max_repeats]``). When the spread
-``(p90 - p10) / median`` exceeds ``max_spread`` the point is measured once more with twice the
-repeats and the new measurement is kept.
+the point takes about ``target_s`` (clamped to ``[min_repeats, max_repeats]``). While the spread
+``(p90 - p10) / median`` exceeds ``max_spread`` the point is measured again with twice the
+repeats, up to ``retries`` times, and the measurement with the lowest median is kept:
+interference from other processes only ever adds time, and on a shared machine one burst
+can cover most repeats of a point (seen here: a 0.7 ms GEMM measured at 8 ms, p10 0.75 ms).
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ class TimingConfig:
     max_repeats: int = 200
     #: calls before measuring (compilation, caches, cuBLAS heuristics, allocator)
     warmup: int = 2
-    #: re-measure once when (p90 - p10) / median is wider than this
+    #: re-measure when (p90 - p10) / median is wider than this ...
     max_spread: float = 0.3
+    #: ... at most this many times, keeping the measurement with the lowest median
+    retries: int = 2
     #: CUDA only: time CUDA-graph replays (falls back to eager when capture fails)
     cuda_graphs: bool = False
 
@@ -92,8 +96,11 @@ class Timer:
             run()
         n = self._repeats(self._estimate(run))
         timing = summarize(self._samples(run, n), graph)
-        if timing.spread > cfg.max_spread:
-            timing = summarize(self._samples(run, 2 * n), graph)
+        for _ in range(cfg.retries):
+            if timing.spread <= cfg.max_spread:
+                break
+            again = summarize(self._samples(run, 2 * n), graph)
+            timing = min(timing, again, key=lambda t: t.median_us)
         return timing
 
     def _repeats(self, seconds_per_call: float) -> int:

@@ -187,6 +187,9 @@ class Effort:
     max_repeats: int = 30
     #: measured time to aim for per configuration (sum over repeats), seconds
     target_s: float = 1.0
+    #: re-measure (up to ``retries`` times) when (p90 - p10) / median is wider than this
+    max_spread: float = 0.3
+    retries: int = 2
 
 
 EFFORT: dict[str, Effort] = {
@@ -222,13 +225,20 @@ def measure(runner: Runner, device: torch.device, effort: Effort) -> tuple[float
     """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
 
     Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the
-    device is synchronized before it, so nothing queued earlier leaks into the timing.
+    device is synchronized before it, so nothing queued earlier leaks into the timing. As in
+    calibration (:class:`pis.calibrate.timing.Timer`), a measurement whose spread is too wide
+    is repeated and the one with the lowest median kept.
     """
     with torch.inference_mode():
         for _ in range(max(effort.warmup, 1)):
             est = _one(runner, device)
         n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
         t = summarize_samples([_one(runner, device) for _ in range(n)])
+        for _ in range(effort.retries):
+            if t.spread <= effort.max_spread:
+                break
+            again = summarize_samples([_one(runner, device) for _ in range(n)])
+            t = min(t, again, key=lambda x: x.median_us)
     return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats
 
 

@@ -149,9 +149,13 @@ def run_sweep(est: Estimator, models: Sequence[ModelSpec], methods: Sequence[str
 def sweep_from_options(profile: str | None, model: str, method: str, sparsity: str, phase: str,
                        batch: str, seq_len: str, context: str, granularity: str, align: int,
                        layer_sparsity: str | None, allow_roofline: bool, jobs: int,
-                       breakdown: bool, kv_cache: str = "concat",
-                       in_context: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Parse the CLI's lists, validate everything, then run the sweep."""
+                       breakdown: bool, kv_cache: str = "concat", in_context: bool = True,
+                       loaded: tuple[Estimator, Path] | None = None) -> tuple[pd.DataFrame, Path]:
+    """Parse the CLI's lists, validate everything, then run the sweep.
+
+    ``loaded`` is an estimator already built from ``profile`` (callers sweeping several times
+    load the profile once).
+    """
     models = [load_model(m) for m in split_list(model, "--model", str)]
     methods = parse_methods(method)
     phases = split_list(phase, "--phase", str)
@@ -166,7 +170,7 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
                         layer_sparsity=parse_layer_sparsity(layer_sparsity), kv_cache=kv_cache)
     if opts.layer_sparsity is not None:
         sparsities = [float(np.mean(opts.layer_sparsity))]
-    est, path = load_estimator(profile, allow_roofline)
+    est, path = loaded or load_estimator(profile, allow_roofline)
     if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in est.ops():
         # 'all' means every family the profile can answer; naming one explicitly still fails loudly.
         methods = [m for m in methods if m != "semi-structured"]

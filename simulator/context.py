@@ -27,12 +27,16 @@ Profiles without such rows (all v1 profiles) get a factor of 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pis.profiles.schema import STATUS_OK
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
+
+if TYPE_CHECKING:  # the estimator builds this model: import it for types only
+    from pis.simulator.estimator import Estimator
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
@@ -59,7 +63,7 @@ class ContextPoint:
 class ContextModel:
     """The in-context factors of one profile, per decoder shape and phase."""
 
-    def __init__(self, est: "Estimator") -> None:  # noqa: F821 - avoids an import cycle
+    def __init__(self, est: Estimator) -> None:
         rows = est.profile.rows
         kv_of = {op: kv for kv, op in OP_FOR_KV_CACHE.items()}
         rows = rows[rows["op"].isin(list(kv_of)) & (rows["status"] == STATUS_OK) & (rows["dtype"] == est.dtype)]
@@ -132,8 +136,8 @@ class ContextModel:
         return out
 
 
-def _decoder_op_sum(est: "Estimator", spec: ModelSpec, phase: str, batch: int,  # noqa: F821
-                    length: int, kv_cache: str = "concat") -> float:
+def _decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
+                    kv_cache: str = "concat") -> float:
     """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows."""
     from pis.simulator.pruning import PruneOptions, build_ops
 

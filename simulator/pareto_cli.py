@@ -170,7 +170,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if out is not None and Path(out).exists() and not force:
         raise PisError(f"{out} exists; pass --force to overwrite it")
     methods = parse_methods(method)
-    if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in load_estimator(profile, False)[0].ops():
+    loaded = load_estimator(profile, allow_roofline)
+    if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in loaded[0].ops():
         # As in pis-simulate: 'all' means every family the profile can answer.
         methods = [m for m in methods if m != "semi-structured"]
         click.echo("note: semi-structured skipped: the profile has no gemm_2to4 rows; "
@@ -185,7 +186,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     options = dict(profile=profile, model=model, phase=phase, batch=batch, seq_len=seq_len,
                    context=context, granularity=granularity, align=align,
                    layer_sparsity=layer_sparsity, allow_roofline=allow_roofline, jobs=jobs,
-                   breakdown=plot_dir is not None, kv_cache=kv_cache, in_context=not no_context)
+                   breakdown=plot_dir is not None, kv_cache=kv_cache, in_context=not no_context,
+                   loaded=loaded)
     sim, path = design_points(options, [m for m in methods if quality.has(m)], sparsities)
     points = quality.annotate(sim)
     out_of_range = points["quality_flag"] == FLAG_OUT_OF_RANGE

@@ -21,7 +21,7 @@ from pis.calibrate.cli import main  # noqa: E402
 from pis.calibrate.device import datasheet_peaks, resolve_device  # noqa: E402
 from pis.calibrate.grid import CONTEXT_OPS, GRID_NAMES, build_grid, context_points, count_points, model_pairs  # noqa: E402
 from pis.calibrate.runner import RunOptions, calibrate  # noqa: E402
-from pis.calibrate.timing import CpuTimer, TimingConfig, summarize  # noqa: E402
+from pis.calibrate.timing import CpuTimer, Timer, TimingConfig, summarize  # noqa: E402
 from pis.errors import PisError  # noqa: E402
 from pis.profiles.cli import main as profile_main  # noqa: E402
 from pis.profiles.schema import OPS, REQUIRED_OPS, STATUS_OK  # noqa: E402
@@ -356,3 +356,30 @@ def test_ctrl_c_saves_what_is_measured(tmp_path):
     assert "interrupted:" in err and "rerun the same command to resume" in err
     partial = read_profile(out)
     assert partial.meta["complete"] is False and 3 <= len(partial.rows) < len(grid_keys("tiny"))
+
+
+class _CannedTimer(Timer):
+    """A timer whose sample batches are given (no clock): tests the repeat policy alone."""
+
+    def __init__(self, batches, **cfg):
+        super().__init__(TimingConfig(warmup=0, min_repeats=4, max_repeats=4, **cfg))
+        self.batches = list(batches)
+
+    def _estimate(self, fn):
+        return 1e-3
+
+    def _samples(self, fn, n):
+        return self.batches.pop(0)
+
+
+def test_wide_spread_is_remeasured_and_the_fastest_median_kept():
+    burst = [8e-3, 8e-3, 0.75e-3, 9e-3]      # interference over most repeats
+    quiet = [0.74e-3, 0.75e-3, 0.76e-3, 0.75e-3]
+    t = _CannedTimer([burst, quiet, burst]).measure(lambda: None)
+    assert t.median_us == pytest.approx(750.0, rel=0.02)
+    # Both retries wide: the lower median of the three wins.
+    t = _CannedTimer([burst, [4e-3, 1e-3, 4e-3, 1e-3], burst]).measure(lambda: None)
+    assert t.median_us == pytest.approx(2500.0)
+    # No retries configured: the first measurement stands.
+    t = _CannedTimer([burst], retries=0).measure(lambda: None)
+    assert t.median_us == pytest.approx(8000.0)
