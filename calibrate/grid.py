@@ -54,7 +54,7 @@ GRID_NAMES: tuple[str, ...] = ("tiny", "quick", "default", "full")
 #: Sparsities and alignment used for ``--model`` shapes.
 MODEL_SPARSITIES: tuple[float, ...] = tuple(np.round(np.arange(10) / 10, 1))
 MODEL_ALIGN = 64
-MEMORY_OPS: tuple[str, ...] = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add")
+MEMORY_OPS: tuple[str, ...] = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add", "kv_concat")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ with the same meaning of the shape columns as the schema:
   ``q[batch, heads, q_len, d]``, ``k, v[batch, kv_heads, kv_len, d]`` with ``enable_gqa=True``
   (older torch: K/V are ``repeat_interleave``-d to ``heads``); decode is ``q_len`` new tokens
   against the KV cache, not causal.
-* ``rmsnorm(numel)``: ``F.rms_norm`` over ``[numel / h, h]`` with ``h = gcd(numel, 4096)``:
+* ``rmsnorm(numel)``: Hugging Face's LlamaRMSNorm formula over ``[numel / h, h]`` with ``h = gcd(numel, 4096)``:
   4096 (a typical hidden size) whenever it divides numel, else the largest power-of-two split.
 * ``silu_mul(numel)``: ``F.silu(gate) * up``; ``add(numel)``: ``a + b``.
 * ``rope(numel)``: HF ``q * cos + rotate_half(q) * sin`` on ``[tokens, heads, d]`` with
@@ -20,6 +20,7 @@ with the same meaning of the shape columns as the schema:
   with twice as many rows; ``scatter_add(numel)``: ``index_add_`` of ``numel / h`` rows into a
   residual stream of twice as many rows (distinct indices, as kept tokens are).
 * ``topk(m, n, k)``: ``torch.topk(x[m, n], k)``.
+* ``kv_concat(numel)``: ``torch.cat([cache, new_token])`` copying numel cached elements.
 * ``overhead``: wall time per call of a stream of tiny ops (one-element ``add``), i.e. the rate
   at which eager PyTorch issues ops; on CUDA this is the per-op launch floor.
 """
@@ -40,6 +41,8 @@ from pis.profiles.schema import OPS
 ROW_WIDTH = 4096
 #: Head dim assumed for rope.
 ROPE_DIM = 128
+#: Row width of the kv_concat cache (one token of one KV head).
+KV_ROW = 128
 #: Tiny ops issued per sample of the overhead op.
 OVERHEAD_INNER = 200
 
@@ -111,23 +114,42 @@ CPU_WEIGHT_POOL_BYTES = 1 << 30
 _pool: dict[tuple, torch.Tensor] = {}
 
 
-def _cold_weights(n: int, k: int, dtype: torch.dtype, device: torch.device) -> Callable[[], torch.Tensor]:
+def _cold_tensors(shapes: list[tuple[int, ...]], dtype: torch.dtype,
+                  device: torch.device) -> Callable[[], list[torch.Tensor]]:
+    """A function returning tensors of ``shapes`` that are views into the CPU pool, a new set
+    on every call, so that each call reads memory the previous calls did not leave in cache."""
     key = (dtype, str(device))
     if key not in _pool:
         elems = CPU_WEIGHT_POOL_BYTES // torch.tensor([], dtype=dtype).element_size()
         _pool[key] = _rand(elems, dtype=dtype, device=device)
-    pool, size = _pool[key], int(n) * int(k)
+    pool = _pool[key]
+    sizes = [math.prod(sh) for sh in shapes]
+    size = sum(sizes)
     copies = len(pool) // size
-    if copies < 2:  # a weight this large streams from DRAM anyway
-        w = _weight(n, k, dtype, device)
-        return lambda: w
-    views = [pool[i * size:(i + 1) * size].view(int(n), int(k)) for i in range(min(copies, 4096))]
+    if copies < 2:  # this much data streams from DRAM anyway: fixed tensors
+        fixed = [_rand(*sh, dtype=dtype, device=device) for sh in shapes]
+        return lambda: fixed
+    sets = []
+    for i in range(min(copies, 4096)):
+        base, views = i * size, []
+        for sh, n in zip(shapes, sizes):
+            views.append(pool[base:base + n].view(sh))
+            base += n
+        sets.append(views)
     state = {"i": 0}
 
-    def nxt() -> torch.Tensor:
-        state["i"] = (state["i"] + 1) % len(views)
-        return views[state["i"]]
+    def nxt() -> list[torch.Tensor]:
+        state["i"] = (state["i"] + 1) % len(sets)
+        return sets[state["i"]]
     return nxt
+
+
+def _cold_weights(n: int, k: int, dtype: torch.dtype, device: torch.device) -> Callable[[], torch.Tensor]:
+    if int(n) * int(k) * 2 > CPU_WEIGHT_POOL_BYTES // torch.tensor([], dtype=dtype).element_size():
+        w = _weight(n, k, dtype, device)  # one weight this large streams from DRAM anyway
+        return lambda: w
+    nxt = _cold_tensors([(int(n), int(k))], dtype, device)
+    return lambda: nxt()[0]
 
 
 def build_gemm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -208,6 +230,16 @@ def build_attention(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
     k = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
     v = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
     sdpa = F.scaled_dot_product_attention
+    if device.type == "cpu" and not causal and h != g and _supports_gqa():
+        # Decode reads a KV cache that other layers' work has pushed out of cache (a prefill's
+        # K/V were just computed and are hot); the GPU timer flushes L2 instead.
+        kv = _cold_tensors([tuple(k.shape), tuple(v.shape)], dtype, device)
+
+        def fn() -> torch.Tensor:
+            kc, vc = kv()
+            return sdpa(q, kc, vc, is_causal=False, enable_gqa=True)
+
+        return Bench(fn, _prefix(device) + _sdpa_backend(q, k, v, False, gqa=True) + "-cold-kv")
     if h == g:
         fn = lambda: sdpa(q, k, v, is_causal=causal)  # noqa: E731
         name = _sdpa_backend(q, k, v, causal, gqa=False)
@@ -228,7 +260,14 @@ def build_rmsnorm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     rows, width = _row_split(s["numel"])
     x = _rand(rows, width, dtype=dtype, device=device)
     weight = _rand(width, dtype=dtype, device=device)
-    return Bench(lambda: F.rms_norm(x, (width,), weight, eps=1e-6), _prefix(device) + "rms_norm")
+
+    def fn() -> torch.Tensor:
+        # Hugging Face's LlamaRMSNorm, op for op (fp32 statistics, unfused): what models run.
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return weight * h.to(dtype)
+
+    return Bench(fn, _prefix(device) + "hf-rmsnorm")
 
 
 def build_silu_mul(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -277,6 +316,19 @@ def build_scatter_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Ben
     src = _rand(rows, width, dtype=dtype, device=device)
     idx = _indices(rows, device)
     return Bench(lambda: residual.index_add_(0, idx, src), _prefix(device) + "index_add_")
+
+
+def build_kv_concat(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """``torch.cat([cache, new])`` along the sequence: a DynamicCache append copying numel
+    cached elements into a new tensor. The cache is cold on CPU (a pool view per call), as a
+    layer's cache is when its turn comes; the GPU timer flushes L2 instead."""
+    rows = max(1, int(s["numel"]) // KV_ROW)
+    new = _rand(1, KV_ROW, dtype=dtype, device=device)
+    if device.type == "cpu":
+        cache = _cold_tensors([(rows, KV_ROW)], dtype, device)
+        return Bench(lambda: torch.cat([cache()[0], new]), _prefix(device) + "cat-cold")
+    fixed = _rand(rows, KV_ROW, dtype=dtype, device=device)
+    return Bench(lambda: torch.cat([fixed, new]), "cat")
 
 
 def build_topk(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -399,6 +451,7 @@ BUILDERS: dict[str, Builder] = {
     "gather": build_gather,
     "scatter_add": build_scatter_add,
     "topk": build_topk,
+    "kv_concat": build_kv_concat,
     "dense_decoder": build_dense_decoder,
     "dense_decoder_prealloc": build_dense_decoder_prealloc,
     "overhead": build_overhead,

@@ -156,7 +156,8 @@ OPS: dict[str, OpKind] = {
         OpKind("attn_decode", ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal"),
                "scaled_dot_product_attention of q_len new tokens against a KV cache of kv_len",
                _attn_flops, _attn_bytes),
-        OpKind("rmsnorm", ("numel",), "RMSNorm over rows of the hidden size (numel = rows x hidden)",
+        OpKind("rmsnorm", ("numel",), "RMSNorm over rows of the hidden size (numel = rows x hidden), "
+               "as Hugging Face computes it (v1 profiles: fused F.rms_norm)",
                lambda s: 4.0 * _numel(s), _mem(2.0)),
         OpKind("silu_mul", ("numel",), "silu(gate) * up, numel output elements",
                lambda s: 5.0 * _numel(s), _mem(3.0)),
@@ -168,6 +169,8 @@ OPS: dict[str, OpKind] = {
                _zero, _mem(2.0)),
         OpKind("scatter_add", ("numel",), "index_add_ of numel elements into a residual stream",
                _numel, _mem(3.0)),
+        OpKind("kv_concat", ("numel",), "torch.cat of a KV cache (numel elements) and one new token "
+               "into a new tensor, as a DynamicCache appends", _zero, _mem(2.0)),
         OpKind("topk", ("m", "n", "k"), "torch.topk of k out of n along the last dim, m rows",
                _topk_flops, lambda s, e: e * _f(s["m"]) * _f(s["n"])),
         OpKind("dense_decoder", _DECODER_COLUMNS,

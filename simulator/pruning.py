@@ -382,7 +382,7 @@ def _kv_append(pts: Points, count: np.ndarray, batch: object, kv_len: object, kv
     """Appending this step's K and V: a full copy of the layer's cache with a concat cache."""
     if pts.phase != "decode" or o.kv_cache != "concat":
         return []
-    return [memop("kv_append", "gather", np.asarray(batch) * kv_heads * np.asarray(kv_len) * head_dim,
+    return [memop("kv_append", "kv_concat", np.asarray(batch) * kv_heads * np.asarray(kv_len) * head_dim,
                   2 * np.asarray(count), "kv_cache")]
 
 

@@ -209,3 +209,11 @@ def test_speed_of_many_unique_shapes(est):
     t0 = time.perf_counter()
     est.predict("gemm", shape)
     assert time.perf_counter() - t0 < 2.0  # ~0.2 s on the 2-core CI machine
+
+
+def test_kv_concat_is_priced_as_a_gather_on_profiles_without_it(synthetic):
+    """The synthetic profile predates kv_concat: the documented stand-in answers it."""
+    est = Estimator(synthetic.profile)
+    shape = {"numel": np.array([4096, 1 << 20])}
+    np.testing.assert_array_equal(est.predict("kv_concat", shape).time_us,
+                                  est.predict("gather", shape).time_us)
