@@ -22,7 +22,8 @@ from pis import __version__
 from pis.errors import PisError, ProfileError, handle_errors
 from pis.profiles.schema import DTYPE_BYTES, META_REQUIRED, OPS, REQUIRED_OPS, SHAPE_COLUMNS, STATUS_OK
 from pis.profiles.shipped import resolve_profile
-from pis.profiles.store import KEY_COLUMNS, Profile, check_profile, load_profile, read_profile, write_profile
+from pis.profiles.store import (KEY_COLUMNS, Profile, check_profile, load_profile, read_profile,
+                               suspicious_rows, write_profile)
 
 _FORMATS_TJ = click.Choice(["table", "json"])
 _INTERPOLATED_OPS = [name for name, op in OPS.items() if op.columns]
@@ -149,6 +150,10 @@ def validate(file: str, require: Sequence[str]) -> None:
         raise ProfileError(f"{file} is not a valid profile: {'; '.join(problems)}")
     click.echo(f"ok: {len(profile.rows)} rows ({len(profile.ok_rows)} measured), "
                f"ops {', '.join(profile.ops())}")
+    slow = suspicious_rows(profile.rows)
+    if slow:
+        click.echo(f"warning: {len(slow)} measured row(s) are over 3x slower than a larger shape of "
+                   f"the same op (interference during calibration?); re-measure them", err=True)
 
 
 def _dtype_problems(profile: Profile, required: Sequence[str]) -> list[str]:

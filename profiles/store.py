@@ -224,3 +224,24 @@ def load_profile(path: str | os.PathLike[str], required_ops: Iterable[str] = ())
     profile = read_profile(path)
     require_valid(profile, path, required_ops)
     return profile
+
+
+def suspicious_rows(rows: pd.DataFrame, factor: float = 3.0) -> list[int]:
+    """Positions of measured rows more than ``factor`` × slower than a larger shape of their op.
+
+    Work only grows with M (a GEMM of the same N, K) and with numel (a memory-bound op), so a
+    row slower than a bigger one was hit by interference that outlasted its retries: another
+    process holding a core makes every parallel region wait a scheduler slice (~7 ms here).
+    """
+    out: list[int] = []
+    ok = rows[(rows["status"] == STATUS_OK) & rows["median_us"].notna()]
+    groups = [(g, "m") for _, g in ok[ok["op"] == "gemm"].groupby(["n", "k"])]
+    groups += [(g, "numel") for op, g in ok.groupby("op") if OPS[str(op)].columns == ("numel",)]
+    for g, axis in groups:
+        g = g.sort_values(axis)
+        t = g["median_us"].to_numpy(dtype=float)
+        # fastest time among strictly larger shapes, for every row
+        later_min = np.minimum.accumulate(t[::-1])[::-1]
+        later_min = np.append(later_min[1:], np.inf)
+        out += [int(i) for i, bad in zip(g.index, t > factor * later_min) if bad]
+    return sorted(out)

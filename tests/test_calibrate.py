@@ -384,3 +384,23 @@ def test_wide_spread_is_remeasured_and_the_fastest_median_kept():
     # No retries configured: the first measurement stands.
     t = _CannedTimer([burst], retries=0).measure(lambda: None)
     assert t.median_us == pytest.approx(8000.0)
+
+
+def test_recheck_remeasures_a_point_hit_by_interference():
+    from types import SimpleNamespace
+
+    from pis.calibrate.runner import _point_row, _recheck
+    from pis.calibrate.grid import point
+
+    rows = []
+    for m in (1, 8, 64):
+        r = _point_row(point("gemm", m=m, n=64, k=64), "fp32")
+        r.update(median_us=20.0 + m, p10_us=19.0 + m, p90_us=21.0 + m, repeats=5, status="ok", backend="x")
+        rows.append(r)
+    rows[0].update(median_us=7000.0, p10_us=6900.0, p90_us=7100.0)  # a contended core's slice
+    ckpt = SimpleNamespace(new=rows)
+    said = []
+    _recheck(ckpt, "fp32", torch.device("cpu"), CpuTimer(TimingConfig(target_s=0.01)), said.append)
+    assert ckpt.new[0]["median_us"] < 7000.0 and ckpt.new[0]["status"] == "ok"
+    assert ckpt.new[1]["median_us"] == 28.0  # untouched
+    assert "re-measuring 1 point" in said[0]

@@ -156,3 +156,16 @@ def test_context_summary_lists_every_row(ctx_est):
     assert len(summary) == len(PREFILL) + len(DECODE)
     assert {round(s["factor"], 6) for s in summary} == {round(v, 6) for v in [*PREFILL.values(), *DECODE.values()]}
 
+
+
+def test_axes_with_one_measured_value_drop_out(synthetic):
+    """Decode rows at batch 1 only: the law varies with context alone; any batch uses it."""
+    prof = _with_decoders(synthetic)
+    rows = prof.rows
+    keep = ~((rows["op"] == "dense_decoder") & (rows["causal"] == 0) & (rows["batch"] != 1))
+    est = Estimator(Profile(rows=rows[keep].reset_index(drop=True), meta=prof.meta))
+    df = _run(est, "decode", [1, 8], [1], [128, 1024])
+    f = {(r.batch, r.context_len): r.context_factor for r in df.itertuples()}
+    assert f[(1, 128)] == pytest.approx(decode_law(1, 128), rel=1e-6)
+    assert f[(8, 1024)] == pytest.approx(decode_law(1, 1024), rel=1e-6)
+    assert np.isfinite(list(f.values())).all()

@@ -228,3 +228,25 @@ def test_loo_summary(synthetic_file):
 def test_loo_user_errors(synthetic_file):
     assert_user_error(run("loo", synthetic_file, "--op", "gemm_2to4"), "gemm_2to4")
     assert_user_error(run("loo", synthetic_file, "--by", "heads"), "heads")
+
+
+def test_suspicious_rows_find_a_small_shape_slower_than_a_larger_one(synthetic):
+    from pis.profiles.store import suspicious_rows
+
+    rows = synthetic.profile.rows.copy()
+    assert suspicious_rows(rows) == []  # the analytic truth grows with size
+    gemm = rows.index[(rows["op"] == "gemm") & (rows["m"] == 1) & (rows["n"] == 256) & (rows["k"] == 256)][0]
+    norm = rows.index[(rows["op"] == "rmsnorm") & (rows["numel"] == 4096)][0]
+    rows.loc[gemm, "median_us"] = 7000.0  # the ~7 ms scheduler slice of a contended core
+    rows.loc[norm, "median_us"] *= 50
+    assert suspicious_rows(rows) == sorted([int(gemm), int(norm)])
+
+
+def test_validate_warns_about_suspicious_rows(synthetic, tmp_path):
+    rows = synthetic.profile.rows.copy()
+    i = rows.index[(rows["op"] == "gemm") & (rows["m"] == 1)][0]
+    rows.loc[i, ["median_us", "p10_us", "p90_us"]] = [7000.0, 6900.0, 7100.0]
+    path = tmp_path / "slow.parquet"
+    write_profile(Profile(rows, synthetic.profile.meta), path)
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 0 and "1 measured row(s) are over 3x slower" in res.output
