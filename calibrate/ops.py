@@ -397,7 +397,7 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
         from transformers import DynamicCache
 
         ids = token_ids(spec.vocab, b, 1, device)
-        cache_kv = hf._kv(b, int(s["kv_len"]))
+        cache_kv = hf.kv_tensors(b, int(s["kv_len"]))
         state: dict = {}
 
         def setup() -> None:

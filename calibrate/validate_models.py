@@ -122,7 +122,8 @@ class HfModel(ModelUnderTest):
         # transformers 5 renamed past_key_values to cache (the old name still works, with a warning).
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
-    def _kv(self, batch: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def kv_tensors(self, batch: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Random (K, V) per layer for a cache of ``context`` tokens (a DynamicCache's input)."""
         cfg, p = self.config, next(self.model.parameters())
         g = torch.Generator().manual_seed(1)
         shape = (batch, cfg.num_key_value_heads, context, cfg.head_dim)
@@ -138,7 +139,7 @@ class HfModel(ModelUnderTest):
             ids = token_ids(self.config.vocab_size, batch, seq_len, self.device)
             return Runner(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1))
         from transformers import DynamicCache
-        kv = self._kv(batch, context)
+        kv = self.kv_tensors(batch, context)
         ids = token_ids(self.config.vocab_size, batch, 1, self.device)
         state: dict = {}
 
