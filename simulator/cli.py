@@ -274,7 +274,8 @@ def _methods_help() -> str:
               help="table for people; json (array of objects), csv or parquet for scripts.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@click.option("--breakdown", is_flag=True, help="Add per-op-type times (gemm, attention, norm, ...).")
+@click.option("--breakdown", is_flag=True,
+              help="Add per-op-type times (gemm, attention, norm, ...): op sums, before the in-context factor.")
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
