@@ -74,6 +74,18 @@ def summarize(samples_s: "np.ndarray | list[float]", graph: bool = False) -> Tim
     return Timing(float(med), float(min(p10, med)), float(max(p90, med)), int(us.size), graph)
 
 
+def fastest_of_retries(first: Timing, again: Callable[[], Timing], max_spread: float,
+                       retries: int) -> Timing:
+    """``first``, or while the kept measurement's spread exceeds ``max_spread`` (at most
+    ``retries`` times) a new one from ``again``: the one with the lowest median is kept."""
+    timing = first
+    for _ in range(retries):
+        if timing.spread <= max_spread:
+            break
+        timing = min(timing, again(), key=lambda t: t.median_us)
+    return timing
+
+
 class Timer:
     """Adaptive repeats and the spread check; subclasses supply warm-up and sampling."""
 
@@ -95,13 +107,9 @@ class Timer:
         for _ in range(cfg.warmup):
             run()
         n = self._repeats(self._estimate(run))
-        timing = summarize(self._samples(run, n), graph)
-        for _ in range(cfg.retries):
-            if timing.spread <= cfg.max_spread:
-                break
-            again = summarize(self._samples(run, 2 * n), graph)
-            timing = min(timing, again, key=lambda t: t.median_us)
-        return timing
+        return fastest_of_retries(summarize(self._samples(run, n), graph),
+                                  lambda: summarize(self._samples(run, 2 * n), graph),
+                                  cfg.max_spread, cfg.retries)
 
     def _repeats(self, seconds_per_call: float) -> int:
         cfg = self.config

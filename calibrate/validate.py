@@ -26,6 +26,7 @@ from pis.calibrate.validate_models import ModelUnderTest, Runner, Unsupported, b
 from pis.errors import PisError
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import PRESETS, ModelSpec
+from pis.calibrate.timing import Timing, fastest_of_retries
 from pis.calibrate.timing import summarize as summarize_samples
 from pis.simulator.pruning import PruneOptions
 from pis.simulator.sweep import simulate_point
@@ -233,12 +234,10 @@ def measure(runner: Runner, device: torch.device, effort: Effort) -> tuple[float
         for _ in range(max(effort.warmup, 1)):
             est = _one(runner, device)
         n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
-        t = summarize_samples([_one(runner, device) for _ in range(n)])
-        for _ in range(effort.retries):
-            if t.spread <= effort.max_spread:
-                break
-            again = summarize_samples([_one(runner, device) for _ in range(n)])
-            t = min(t, again, key=lambda x: x.median_us)
+        def sample() -> Timing:
+            return summarize_samples([_one(runner, device) for _ in range(n)])
+
+        t = fastest_of_retries(sample(), sample, effort.max_spread, effort.retries)
     return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats
 
 
