@@ -22,7 +22,7 @@ from pis.calibrate import ops
 from pis.calibrate.grid import CONTEXT_OPS, context_points, model_pairs
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
-from pis.simulator.context import OP_FOR_KV_CACHE, _decoder_op_sum
+from pis.simulator.context import OP_FOR_KV_CACHE, decoder_op_sum
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import ModelSpec
 
@@ -46,7 +46,7 @@ def main() -> None:
                              kv_heads=s["kv_heads"], head_dim=s["head_dim"], vocab=1)
             phase = "prefill" if s["causal"] else "decode"
             length = s["q_len"] if s["causal"] else s["kv_len"]
-            pred = _decoder_op_sum(est, spec, phase, s["batch"], length, KV_FOR_OP[p.op])
+            pred = decoder_op_sum(est, spec, phase, s["batch"], length, KV_FOR_OP[p.op])
             rows.append(dict(op=p.op, phase=phase, batch=s["batch"], length=length, width=width,
                              factor=measured_us / pred))
     table = pd.DataFrame(rows).pivot_table(index=["op", "phase", "batch", "length"], columns="width",

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from pis.errors import PisError
-from pis.profiles.schema import DTYPE_BYTES, OPS, REQUIRED_OPS, op_bytes, op_flops
+from pis.profiles.schema import DECODER_OPS, DTYPE_BYTES, OPS, REQUIRED_OPS, op_bytes, op_flops
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pis.calibrate.timing import TimingConfig
@@ -231,7 +231,7 @@ CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[t
 
 
 #: Whole-decoder ops: Hugging Face with a DynamicCache, and the lean reference decoder.
-CONTEXT_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
+CONTEXT_OPS: tuple[str, ...] = DECODER_OPS
 
 
 def context_points(name: str, device_kind: str, dims: dict[str, int] | None = None) -> list[Point]:

@@ -187,6 +187,10 @@ OPS: dict[str, OpKind] = {
     )
 }
 
+#: Whole-decoder ops: not executed by a simulation, they calibrate its in-context factor
+#: (``dense_decoder`` for --kv-cache concat, ``dense_decoder_prealloc`` for preallocated).
+DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
+
 #: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).
 REQUIRED_OPS: tuple[str, ...] = ("gemm", "attn_prefill", "attn_decode", "rmsnorm", "silu_mul",
                                  "rope", "add", "gather", "overhead")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pis.profiles.schema import STATUS_OK
+from pis.profiles.schema import DECODER_OPS, STATUS_OK
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the estimator builds this model: import it for types only
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
-OP_FOR_KV_CACHE: dict[str, str] = {"concat": "dense_decoder", "preallocated": "dense_decoder_prealloc"}
+OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ContextModel:
             phase = "prefill" if int(r.causal) else "decode"
             length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
             kv = kv_of[r.op]
-            pred = _decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
+            pred = decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
             self.points.setdefault((kv, dims), []).append(
                 ContextPoint(phase, int(r.batch), length, float(r.median_us), pred))
         self._interp: dict[tuple, object] = {}
@@ -136,20 +136,14 @@ class ContextModel:
         return out
 
 
-def _decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
-                    kv_cache: str = "concat") -> float:
+def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
+                   kv_cache: str = "concat") -> float:
     """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows."""
     from pis.simulator.pruning import PruneOptions, build_ops
+    from pis.simulator.sweep import evaluate
 
     seq, ctx = (length, length) if phase == "prefill" else (1, length)
     pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), 0.0)
-    total = 0.0
     # The cache discipline of the executor that measured the row.
-    for g in build_ops("dense", spec, pts, PruneOptions(kv_cache=kv_cache)):
-        if g.name == "lm_head":
-            continue
-        count = float(np.broadcast_to(g.count, (1,))[0])
-        if count:
-            shape = {k: np.broadcast_to(v, (1,)) for k, v in g.shape.items()}
-            total += count * float(est.predict(g.op, shape).time_us[0])
-    return total
+    groups = [g for g in build_ops("dense", spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != "lm_head"]
+    return float(evaluate(est, groups, 1).latency_us[0])
