@@ -104,6 +104,25 @@ def test_model_adds_exact_pruned_widths():
     assert with_model.params["points_sha256"] != plain.params["points_sha256"]
 
 
+def test_model_adds_its_attention_heads():
+    """The model's GQA ratio and its static-width head counts are measured, not interpolated."""
+    name, pairs, dims = model_pairs("benchmarks/cpu-small.json")  # 16 query heads, 4 KV heads
+    plain = build_grid("quick", "cpu", "fp32", pairs, name)
+    with_model = build_grid("quick", "cpu", "fp32", pairs, name, dims)
+    attn = {(p.op, p.shape_dict["heads"], p.shape_dict["kv_heads"], p.shape_dict["head_dim"])
+            for p in with_model.points if p.op.startswith("attn")}
+    for heads in (16, 12, 8, 4):  # dense and every static-width head count (K/V heads stay 4)
+        assert ("attn_decode", heads, 4, 64) in attn and ("attn_prefill", heads, 4, 64) in attn
+    assert ("attn_decode", 4, 1, 64) in attn  # dynamic width's per-group attention
+    assert not any(p.op.startswith("attn") and p.shape_dict["heads"] == 16 for p in plain.points)
+    # Decode batch and context axes include the whole-decoder points'.
+    dec = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in with_model.points
+           if p.op == "attn_decode" and p.shape_dict["heads"] == 16}
+    ctx = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in context_points("quick", "cpu", dims)
+           if p.op == "dense_decoder" and not p.shape_dict["causal"]}
+    assert ctx <= dec
+
+
 # --- ops, timers, device --------------------------------------------------------------------
 
 def test_attention_gqa_matches_repeated_kv():
