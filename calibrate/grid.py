@@ -223,10 +223,10 @@ CONTEXT_MODELS: dict[str, dict[str, int]] = {
 CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {
     ("tiny", "cpu"): (((1, 64),), ((1, 64),)),
     ("tiny", "cuda"): (((1, 512),), ((8, 1024),)),
-    ("cpu", "cpu"): (((1, 64), (2, 128), (4, 512)),
-                     tuple(itertools.product((1, 2, 4, 16), (256, 4096)))),
+    ("cpu", "cpu"): (((1, 64), (2, 128), (2, 256), (4, 512)),
+                     tuple(itertools.product((1, 2, 4, 8, 16), (256, 1024, 4096)))),
     ("cuda", "cuda"): (((1, 512), (4, 1024), (4, 4096), (16, 4096)),
-                       tuple(itertools.product((1, 8, 32, 64), (512, 8192)))),
+                       tuple(itertools.product((1, 8, 32, 64), (512, 2048, 8192)))),
 }
 
 

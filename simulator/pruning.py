@@ -278,6 +278,9 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
             attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
         else:
             attn = dict(batch=t_g, q_len=1, kv_len=pts.kv_len)
+            # Decode: the group's K/V rows of the tokens that picked it are gathered out of the
+            # batch's cache (eager attention needs them contiguous), one copy each for K and V.
+            ops.append(memop("kv_gather", "gather", t_g * pts.kv_len * hd, 2 * calls, "kv_cache"))
         ops += [memop("head_gather", "gather", t_g * d_model, calls, "routing"),
                 gemm("q_proj", t_g, hg * hd, d_model, calls),
                 memop("rope_q", "rope", t_g * hg * hd, calls, "elementwise"),

@@ -208,3 +208,17 @@ def test_model_config_json(tmp_path) -> None:
         load_model(str(p))
     with pytest.raises(PisError, match="unknown model"):
         load_model("llama-9")
+
+
+def test_dynamic_width_decode_gathers_each_groups_kv_rows() -> None:
+    """Decode: every group call copies its tokens' K and V rows out of the batch cache."""
+    spec = ModelSpec("dw", hidden=1024, ffn=2816, layers=4, heads=16, kv_heads=4, head_dim=64, vocab=8192)
+    pts = Points.make("decode", np.array([8]), np.array([1]), np.array([512]), 0.5)
+    groups = [g for g in build_ops("dynamic-width", spec, pts) if g.name == "kv_gather"]
+    calls = sum(float(np.broadcast_to(g.count, (1,))[0]) / 2 for g in groups)
+    elems = sum(float(np.broadcast_to(g.count * g.shape["numel"], (1,))[0]) for g in groups)
+    # 8 tokens x 2 of 4 head groups each = 16 group-token picks per layer, 4 layers.
+    assert calls == 4 * 4
+    assert elems == 4 * 2 * 16 * pts.kv_len[0] * spec.head_dim
+    prefill = Points.make("prefill", np.array([8]), np.array([128]), np.array([128]), 0.5)
+    assert not any(g.name == "kv_gather" for g in build_ops("dynamic-width", spec, prefill))
