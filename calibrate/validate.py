@@ -38,7 +38,7 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "config", "model", "layers", "backend", "method", "granularity", "sparsity", "phase", "batch",
     "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
     "predicted_ms", "error_pct", "predicted_ops_ms", "ops_error_pct", "context_factor",
-    "extrapolated", "status", "device", "dtype",
+    "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct",
 )
 
 #: Small Llama-shaped models that run quickly on two CPU cores.
@@ -285,7 +285,7 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                    measured_ms=np.nan, measured_p10_ms=np.nan, measured_p90_ms=np.nan, repeats=0,
                    predicted_ms=np.nan, error_pct=np.nan, predicted_ops_ms=np.nan, ops_error_pct=np.nan,
                    context_factor=np.nan, extrapolated=False, status="ok",
-                   device=str(device), dtype=dname)
+                   device=str(device), dtype=dname, rounds=1, round_spread_pct=0.0)
         try:
             row["predicted_ms"], row["extrapolated"], row["context_factor"] = predict(est, cfg)
             row["predicted_ops_ms"] = row["predicted_ms"] / row["context_factor"]
@@ -321,6 +321,33 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
     del model
     _free(device)
     return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+
+
+def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
+    """One report from several rounds over the same configurations.
+
+    Each configuration's measured_ms is the median of its rounds' medians, so a minute in which
+    a shared machine ran slow moves one round, not the figure; ``round_spread_pct`` is
+    (max - min) / median of the rounds, the drift a single round would have carried. A
+    configuration that was not measured in every round keeps the first round's row.
+    """
+    first = reports[0].reset_index(drop=True)
+    if len(reports) == 1:
+        return first
+    out = first.copy()
+    meds = np.column_stack([r["measured_ms"].to_numpy(dtype=float) for r in reports])
+    ok = np.column_stack([(r["status"] == "ok").to_numpy() for r in reports]).all(axis=1)
+    med = np.median(meds, axis=1)
+    out.loc[ok, "measured_ms"] = med[ok]
+    out.loc[ok, "measured_p10_ms"] = np.min([r["measured_p10_ms"] for r in reports], axis=0)[ok]
+    out.loc[ok, "measured_p90_ms"] = np.max([r["measured_p90_ms"] for r in reports], axis=0)[ok]
+    out.loc[ok, "repeats"] = np.sum([r["repeats"] for r in reports], axis=0)[ok]
+    out.loc[ok, "rounds"] = len(reports)
+    out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
+    m = out.loc[ok, "measured_ms"]
+    out.loc[ok, "error_pct"] = (out.loc[ok, "predicted_ms"] - m) / m * 100.0
+    out.loc[ok, "ops_error_pct"] = (out.loc[ok, "predicted_ops_ms"] - m) / m * 100.0
+    return out
 
 
 def _free(device: torch.device) -> None:

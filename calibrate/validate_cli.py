@@ -82,11 +82,14 @@ def format_summary(summary: pd.DataFrame) -> str:
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--allow-roofline", is_flag=True,
               help="Price ops the profile lacks by roofline instead of skipping the configuration.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Measure the whole suite this many times, interleaved, and report each "
+                   "configuration's median over the rounds (steadier on a shared machine).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
 @handle_errors
 def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
-         force: bool, allow_roofline: bool, threads: int | None) -> None:
+         force: bool, allow_roofline: bool, rounds: int, threads: int | None) -> None:
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
@@ -109,7 +112,7 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     from tqdm import tqdm
 
     from pis.calibrate.device import resolve_device
-    from pis.calibrate.validate import (EFFORT, check_profile, default_dtype, run_configs,
+    from pis.calibrate.validate import (EFFORT, check_profile, combine_rounds, default_dtype, run_configs,
                                         suite_configs, suite_models, summarize)
     from pis.profiles.shipped import resolve_profile
     from pis.profiles.store import load_profile
@@ -126,15 +129,21 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
         est = Estimator(load_profile(path), allow_roofline=allow_roofline)
     warnings = check_profile(est, dev, dtype)
 
-    def progress(items):
-        return tqdm(items, desc=f"pis-validate {suite}", unit="config", file=sys.stderr,
-                    leave=False, dynamic_ncols=True)
+    def progress(desc):
+        return lambda items: tqdm(items, desc=desc, unit="config", file=sys.stderr, leave=False,
+                                  dynamic_ncols=True)
 
-    report = run_configs(configs, est, dev, dtype, EFFORT[suite], progress=progress)
+    report = combine_rounds([
+        run_configs(configs, est, dev, dtype, EFFORT[suite],
+                    progress=progress(f"pis-validate {suite}" + (f" round {i + 1}/{rounds}" if rounds > 1 else "")))
+        for i in range(rounds)])
     click.echo(format_table(report))
     click.echo("")
     click.echo(format_summary(summarize(report)))
     extra = "; * = some op extrapolated" if report["extrapolated"].any() else ""
+    if rounds > 1:
+        extra += (f"; median of {rounds} rounds (round-to-round spread: median "
+                  f"{report['round_spread_pct'].median():.1f} %, max {report['round_spread_pct'].max():.1f} %)")
     click.echo(f"\ndevice {dev} ({str(dtype).replace('torch.', '')}), profile {est.name}, suite {suite}, "
                f"{int((report['status'] == 'ok').sum())}/{len(report)} configurations measured{extra}")
     for w in warnings:

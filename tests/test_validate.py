@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from click.testing import CliRunner  # noqa: E402
 
 from pis.calibrate import reference_decoder as rd  # noqa: E402
-from pis.calibrate.validate import (REPORT_COLUMNS, Effort, measure,  # noqa: E402
+from pis.calibrate.validate import (REPORT_COLUMNS, Effort, combine_rounds, measure,  # noqa: E402
                                     suite_configs, summarize)
 from pis.calibrate.validate_cli import main  # noqa: E402
 from pis.calibrate.validate_models import (PrunedLayer, Runner, Unsupported,  # noqa: E402
@@ -57,6 +57,35 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path):
     for cfg in configs:
         assert cfg.label in res.output
     assert "overall" in res.output and "median_abs_error_pct" in res.output
+
+
+def test_rounds_report_the_median_of_interleaved_rounds(synthetic_file, tmp_path):
+    out = tmp_path / "report.csv"
+    res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--rounds", "2",
+               "--out", str(out))
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert (df["rounds"] == 2).all() and (df["round_spread_pct"] >= 0).all()
+    assert "median of 2 rounds" in res.output
+
+
+def test_combine_rounds_takes_medians_and_recomputes_errors():
+    def report(measured, status=("ok", "ok")):
+        return pd.DataFrame(dict(config=["a", "b"], measured_ms=measured, measured_p10_ms=np.array(measured) * 0.9,
+                                 measured_p90_ms=np.array(measured) * 1.1, repeats=[5, 5],
+                                 predicted_ms=[10.0, 20.0], predicted_ops_ms=[8.0, 16.0],
+                                 error_pct=[0.0, 0.0], ops_error_pct=[0.0, 0.0], status=list(status),
+                                 rounds=[1, 1], round_spread_pct=[0.0, 0.0]))
+    rounds = [report([10.0, 25.0]), report([12.0, 20.0], ("ok", "error: boom")), report([8.0, 15.0])]
+    out = combine_rounds(rounds)
+    a, b = out.iloc[0], out.iloc[1]
+    assert a["measured_ms"] == 10.0 and a["rounds"] == 3 and a["repeats"] == 15
+    assert a["round_spread_pct"] == pytest.approx(40.0)
+    assert a["measured_p10_ms"] == pytest.approx(7.2) and a["measured_p90_ms"] == pytest.approx(13.2)
+    assert a["error_pct"] == pytest.approx(0.0) and a["ops_error_pct"] == pytest.approx(-20.0)
+    # Not measured in every round: the first round's row, as it was.
+    assert b["measured_ms"] == 25.0 and b["rounds"] == 1 and b["error_pct"] == 0.0
+    assert combine_rounds([rounds[0]]).equals(rounds[0])
 
 
 def test_refuses_to_overwrite(synthetic_file, tmp_path):
