@@ -351,7 +351,7 @@ def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
 
 #: Whole-decoder benches: about a second of repeats each (they are few, and their medians
 #: feed every simulation through the in-context factor).
-_DECODER_EFFORT_KW = dict(warmup=2, min_repeats=7, max_repeats=40, target_s=1.0)
+_DECODER_EFFORT_KW = dict(warmup=2, min_repeats=7, max_repeats=25, target_s=1.0)
 
 
 def _untimed_call(runner) -> Callable[[], object]:

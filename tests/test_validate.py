@@ -124,8 +124,38 @@ def test_measure_calls_setup_before_every_repeat():
         assert calls["setup"] == calls["step"] + 1  # a fresh setup for every timed step
         calls["step"] += 1
 
-    med, p10, p90, n = measure(Runner(step, setup), CPU, Effort(warmup=1, min_repeats=4, max_repeats=4, retries=0))
+    med, p10, p90, n = measure(Runner(step, setup), CPU, Effort(warmup=1, min_repeats=4, max_repeats=4, retries=0,
+                                                                 flush_cache=False))
     assert n == 4 and calls["step"] == 5 and p10 <= med <= p90
+
+
+def test_cpu_measure_evicts_the_cache_between_setup_and_step(monkeypatch):
+    import pis.calibrate.validate as v
+    order = []
+    monkeypatch.setattr(v, "_cpu_flush", lambda: lambda: order.append("flush"))
+    runner = Runner(lambda: order.append("step"), lambda: order.append("setup"))
+    measure(runner, CPU, Effort(warmup=1, min_repeats=3, max_repeats=3, retries=0))
+    assert order == ["setup", "flush", "step"] * 4
+    order.clear()
+    measure(runner, CPU, Effort(warmup=1, min_repeats=3, max_repeats=3, retries=0, flush_cache=False))
+    assert "flush" not in order
+
+
+def test_last_level_cache_size_from_sysfs(tmp_path):
+    from pis.calibrate.timing import CpuCacheFlush, last_level_cache_bytes
+    for i, (level, size) in enumerate([(1, "48K"), (2, "2048K"), (3, "491520K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert last_level_cache_bytes(root=str(tmp_path)) == 491520 * 2**10
+    assert last_level_cache_bytes(default=123, root=str(tmp_path / "none")) == 123
+    assert CpuCacheFlush(480 * 2**20).bytes == 720 * 2**20  # 1.5x ...
+    assert CpuCacheFlush(2**30).bytes == 2**30  # ... at most 1 GiB
+    flush = CpuCacheFlush(2**20)
+    flush()
+    flush()
+    assert flush.bytes == 3 * 2**19 and float(flush._buf[0]) == 2.0
 
 
 def test_summary_per_family_and_overall():
