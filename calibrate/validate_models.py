@@ -251,7 +251,10 @@ def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device
                     dtype: torch.dtype, opts: PruneOptions) -> RefModel:
     """The reference decoder of ``method`` at sparsity ``s`` (random weights, eval)."""
     torch.manual_seed(0)
-    ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups)
+    # The executor keeps the cache discipline the prediction assumes: --kv-cache preallocated
+    # (what Config.options asks for the reference decoder) writes the new token in place.
+    ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups,
+                          inplace_cache=opts.kv_cache == "preallocated")
     with torch.device(device):
         model = RefDecoder(spec, method, s, ref_opts)
     return RefModel(model.to(dtype).eval(), device)

@@ -176,6 +176,17 @@ def _logits(out):
     return out.logits if hasattr(out, "logits") else out
 
 
+def test_reference_executor_keeps_the_predicted_cache_discipline():
+    """The reference decoder is predicted with --kv-cache preallocated, so it writes in place."""
+    from pis.simulator.pruning import PruneOptions
+    cfg = next(c for c in suite_configs("full", CPU) if c.reference and c.phase == "decode")
+    assert cfg.options().kv_cache == "preallocated"
+    for kv, extra in (("preallocated", 1), ("concat", 0)):
+        m = build_model(SPEC, "dense", 0.0, CPU, torch.float32, PruneOptions(kv_cache=kv), reference_dense=True)
+        k, _ = m.model.make_caches(2, 16)[0]
+        assert k.shape[2] == 16 + extra, kv
+
+
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_reference_dense_matches_hf_shapes(phase):
     hf = build_model(SPEC, "dense", 0.0, CPU, torch.float32)
