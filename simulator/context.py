@@ -17,7 +17,7 @@ the same cache discipline, from the per-op rows of the same profile; the ratio
     factor = measured dense decoder / predicted op sum
 
 is the in-context factor at that point. A simulation multiplies its op sum by the factor at
-its own point — a robust log-linear law through the measured factors (in tokens for
+its own point — a least-squares log-linear law through the measured factors (in tokens for
 prefill, in batch and context for decode), clamped to the calibrated range — for dense and
 pruned models alike, so speedups keep coming from the op graph while absolute latencies
 include what the op graph cannot see.
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from pis.profiles.schema import DECODER_OPS, STATUS_OK
 from pis.simulator.models import ModelSpec
@@ -41,8 +40,6 @@ if TYPE_CHECKING:  # the estimator builds this model: import it for types only
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
-#: Scatter of single whole-decoder timings (log units): residuals beyond it count less in the fit.
-ROBUST_SCALE = 0.05
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
 OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
 
@@ -107,15 +104,13 @@ class ContextModel:
         return self._fit(key + ("decode",), cps, [pts.batch, pts.context])
 
     def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray]) -> np.ndarray:
-        """A robust log-linear law through the measured factors, evaluated at ``query``.
+        """A least-squares log-linear law through the measured factors, evaluated at ``query``.
 
         Prefill: log f = a + b·log(tokens); decode: log f = a + b·log(batch) + c·log(context).
         Single measurements of a whole decoder scatter by several percent on a busy machine, so
-        a fit smooths them where interpolating through every point would carry each one's noise.
-        The loss is Cauchy with a 5 % scale (``scipy.optimize.least_squares``): a point off the
-        law by much more than the scatter — on the 2-core CPU, the largest KV cache, whose 64 MiB
-        append page-faults even when timed alone — pulls the law far less than in least squares
-        (there it tilted the decode law by 10 % at the validation points).
+        a fit smooths them where interpolating through every point would carry each one's noise
+        (scored on the CPU full suite: bilinear interpolation on the 5x3 decode grid and a
+        robust Cauchy loss both did worse than least squares).
         Axes with one measured value drop out; queries are clamped to the measured box.
         """
         if key not in self._interp:
@@ -125,9 +120,7 @@ class ContextModel:
             lo, hi = x.min(axis=0), x.max(axis=0)
             used = hi > lo
             design = np.column_stack([np.ones(len(x)), x[:, used]])
-            y = np.log([p.factor for p in cps])
-            start, *_ = np.linalg.lstsq(design, y, rcond=None)
-            coef = least_squares(lambda c: design @ c - y, start, loss="cauchy", f_scale=ROBUST_SCALE).x
+            coef, *_ = np.linalg.lstsq(design, np.log([p.factor for p in cps]), rcond=None)
             self._interp[key] = (coef, used, lo, hi)
         coef, used, lo, hi = self._interp[key]
         q = np.log(np.column_stack([np.asarray(a, dtype=np.float64) for a in query]))
