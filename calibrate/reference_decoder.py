@@ -384,13 +384,13 @@ class RefDecoder(nn.Module):
         kw = dict(device=p.device, dtype=p.dtype, generator=generator)
         if self.method == "dynamic-depth" and s > 0:
             shape = (_ceil((1.0 - s) * batch), g, _ceil((1.0 - s) * context) + 1, hd)
-        elif (self.method == "dynamic-width" and s > 0) or self.opts.inplace_cache:
-            shape = (batch, g, context + 1, hd)
         elif self.method == "sparse-attention" and s > 0:
             nb = _ceil((context + 1) / self.opts.block)
             shape = (batch, g, nb * self.opts.block, hd)
             return [(torch.randn(shape, **kw), torch.randn(shape, **kw),
                      torch.randn((batch, g, nb, hd), **kw), context + 1) for _ in self.layers]
+        elif (self.method == "dynamic-width" and s > 0) or self.opts.inplace_cache:
+            shape = (batch, g, context + 1, hd)
         else:
             shape = (batch, g, context, hd)
         return [(torch.randn(shape, **kw), torch.randn(shape, **kw)) for _ in self.layers]

@@ -187,6 +187,18 @@ def test_reference_executor_keeps_the_predicted_cache_discipline():
         assert k.shape[2] == 16 + extra, kv
 
 
+@pytest.mark.parametrize("method", ["dense", "dynamic-depth", "sparse-attention", "dynamic-width"])
+def test_every_reference_family_decodes_as_the_suite_builds_it(method):
+    """Built with the options the suite predicts them with (in-place caches), every family steps."""
+    cfg = next(c for c in suite_configs("full", CPU) if c.backend == "reference" and c.phase == "decode"
+               and c.method == method)
+    m = build_model(SPEC, method, cfg.sparsity, CPU, torch.float32, cfg.options(), reference_dense=cfg.reference)
+    r = m.runner("decode", 2, 1, 40)
+    with torch.inference_mode():
+        r.setup()
+        assert tuple(_logits(r.step()).shape) == (2, 1, SPEC.vocab)
+
+
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_reference_dense_matches_hf_shapes(phase):
     hf = build_model(SPEC, "dense", 0.0, CPU, torch.float32)
