@@ -1,6 +1,6 @@
 """Named calibration grids: which (op, shape) points a run measures, per device kind.
 
-``tiny`` is for tests (seconds), ``quick`` a first usable profile (CPU: under two minutes on a
+``tiny`` is for tests (seconds), ``quick`` a first usable profile (CPU: about three minutes on a
 2-core machine), ``default`` the recommended profile, ``full`` a denser one.
 
 GPU grids follow where LLM inference lives: GEMM rows M from 1 to 65536, densely at small M
@@ -22,12 +22,15 @@ Point counts (no ``--model``) and run times:
 =========  =====  ======  ==============================================================
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
-tiny       43     44      seconds (tests)
-quick      845    2175    CPU 46 s on the 2-core dev machine (89 s, 2401 points, with the
-                          CPU validation model as --model); H200 142 s (--no-cuda-graphs)
-default    2676   10990   estimated: CPU ~10 min, GPU ~25 min
-full       8489   26221   estimated: CPU ~45 min, GPU ~2 h
+tiny       49     50      seconds (tests)
+quick      893    2218    CPU 169 s on the 2-core CI machine (215 s, 2621 points, with the
+                          CPU validation model as --model); H200 142 s (an older grid)
+default    2732   11044   CPU 6 min 49 s on the 2-core CI machine; GPU ~25 min (estimated)
+full       8563   26295   estimated: CPU ~45 min, GPU ~2 h
 =========  =====  ======  ==============================================================
+
+Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 38 on CPU, 32 on
+CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
 
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
