@@ -237,6 +237,12 @@ CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[t
 CONTEXT_OPS: tuple[str, ...] = DECODER_OPS
 
 
+def _context_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """(prefill, decode) shapes of the whole-decoder points of grid ``name`` on ``device_kind``."""
+    kind = "cuda" if device_kind == "cuda" else "cpu"
+    return CONTEXT_SHAPES[("tiny" if name == "tiny" else kind, kind)]
+
+
 def context_points(name: str, device_kind: str, dims: dict[str, int] | None = None) -> list[Point]:
     """The whole-decoder points of grid ``name`` (:data:`CONTEXT_OPS`): the model's (or a default) shape."""
     kind = "cuda" if device_kind == "cuda" else "cpu"
@@ -246,7 +252,7 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
         base.update({k: int(dims[k]) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim")})
         # Enough layers that per-layer effects dominate, few enough to stay cheap.
         base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
-    prefill, decode = CONTEXT_SHAPES[("tiny" if tiny else kind, kind)]
+    prefill, decode = _context_shapes(name, device_kind)
     pts = []
     for op in CONTEXT_OPS:
         pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, **base) for b, q in prefill]
@@ -272,7 +278,7 @@ def model_attention_points(name: str, device_kind: str, dims: dict[str, int]) ->
                   vocab=1)
     g = m.kv_heads
     pairs = sorted({(int(h), g) for h in pruned_heads(m, np.asarray(MODEL_SPARSITIES))} | {(m.heads, g), (m.heads // g, 1)})
-    prefill, decode = CONTEXT_SHAPES[("tiny" if name == "tiny" else device_kind, device_kind)]
+    prefill, decode = _context_shapes(name, device_kind)
     pre_b = sorted(set(spec.prefill_batch) | {b for b, _ in prefill})
     pre_s = sorted(set(spec.prefill_seq) | {q for _, q in prefill})
     dec_b = sorted(set(spec.decode_batch) | {b for b, _ in decode})
