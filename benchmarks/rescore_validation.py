@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pis.calibrate.validate import predict, suite_configs
+from pis.calibrate.validate import error_pct, predict, suite_configs
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.estimator import Estimator
@@ -42,7 +42,7 @@ def main() -> None:
             continue
         pred, extrap, factor = predict(est, cfg)
         rows.append(dict(config=r.config, measured_ms=r.measured_ms, predicted_ms=pred,
-                         error_pct=(pred - r.measured_ms) / r.measured_ms * 100, context_factor=factor,
+                         error_pct=error_pct(pred, r.measured_ms), context_factor=factor,
                          extrapolated=extrap))
     out = pd.DataFrame(rows)
     print(out.to_string(index=False, float_format=lambda v: f"{v:.2f}"))

@@ -23,11 +23,10 @@ can cover most repeats of a point (seen here: a 0.7 ms GEMM measured at 8 ms, p1
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -256,10 +255,10 @@ def make_timer(device: torch.device, config: TimingConfig) -> Timer:
 def last_level_cache_bytes(default: int = 64 * 2**20, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """Size of the CPU's largest cache level (Linux sysfs under ``root``), or ``default`` when unknown."""
     sizes = {}
-    for d in glob.glob(os.path.join(root, "index*")):
+    for d in Path(root).glob("index*"):
         try:
-            level = int(open(os.path.join(d, "level")).read())
-            text = open(os.path.join(d, "size")).read().strip().upper()
+            level = int((d / "level").read_text())
+            text = (d / "size").read_text().strip().upper()
         except (OSError, ValueError):
             continue
         scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)

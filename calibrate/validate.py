@@ -286,6 +286,11 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def error_pct(predicted, measured):
+    """(predicted - measured) / measured x 100 (scalars or arrays)."""
+    return (predicted - measured) / measured * 100.0
+
+
 def run_configs(configs: list[Config], est: Estimator, device: torch.device, dtype: torch.dtype,
                 effort: Effort, progress: Callable[[Iterable], Iterator] | None = None) -> pd.DataFrame:
     """Measure and predict every configuration; one report row each (skips are rows too)."""
@@ -318,8 +323,8 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                 runner = model.runner(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
                 med, p10, p90, n = measure(runner, device, effort)
                 row.update(measured_ms=med, measured_p10_ms=p10, measured_p90_ms=p90, repeats=n,
-                           error_pct=(row["predicted_ms"] - med) / med * 100.0,
-                           ops_error_pct=(row["predicted_ops_ms"] - med) / med * 100.0)
+                           error_pct=error_pct(row["predicted_ms"], med),
+                           ops_error_pct=error_pct(row["predicted_ops_ms"], med))
                 del runner
             except Unsupported as err:
                 row["status"] = f"skipped: {err}"
@@ -361,8 +366,8 @@ def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
     out.loc[ok, "rounds"] = len(reports)
     out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
     m = out.loc[ok, "measured_ms"]
-    out.loc[ok, "error_pct"] = (out.loc[ok, "predicted_ms"] - m) / m * 100.0
-    out.loc[ok, "ops_error_pct"] = (out.loc[ok, "predicted_ops_ms"] - m) / m * 100.0
+    out.loc[ok, "error_pct"] = error_pct(out.loc[ok, "predicted_ms"], m)
+    out.loc[ok, "ops_error_pct"] = error_pct(out.loc[ok, "predicted_ops_ms"], m)
     return out
 
 
