@@ -170,6 +170,24 @@ def test_rope_is_hf_rotate_half():
                                                       x2 * cos[..., 64:] + x1 * sin[..., 64:]), -1))
 
 
+def test_cold_weights_continue_where_the_previous_bench_stopped(monkeypatch):
+    # Consecutive points of one weight shape must not re-read the weights the previous point
+    # just left in the cache (the grid runs M fastest over the same (n, k)).
+    monkeypatch.setattr(ops, "CPU_WEIGHT_POOL_BYTES", 1 << 22)
+    ops.clear_cache()
+    try:
+        cpu = torch.device("cpu")
+        first = ops.build("gemm", dict(m=2, n=64, k=64), torch.float32, cpu)
+        cells = dict(zip(first.fn.__code__.co_freevars, (c.cell_contents for c in first.fn.__closure__)))
+        ptrs = [cells["nxt"]().data_ptr() for _ in range(20)]
+        nxt = ops._cold_weights(64, 64, torch.float32, cpu)
+        later = [nxt().data_ptr() for _ in range(20)]
+        assert not set(later) & set(ptrs)
+        assert len(set(ptrs + later)) == 40
+    finally:
+        ops.clear_cache()
+
+
 def test_2to4_is_unsupported_on_cpu():
     with pytest.raises(ops.Unsupported):
         ops.build("gemm_2to4", dict(m=8, n=256, k=256), torch.bfloat16, torch.device("cpu"))
