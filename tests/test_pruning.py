@@ -219,6 +219,7 @@ def test_dynamic_width_decode_gathers_each_groups_kv_rows() -> None:
     elems = sum(float(np.broadcast_to(g.count * g.shape["numel"], (1,))[0]) for g in groups)
     # 8 tokens x 2 of 4 head groups each = 16 group-token picks per layer, 4 layers.
     assert calls == 4 * 4
+    assert {g.op for g in groups} == {"kv_concat"}  # a cold cache read, not a warm routed gather
     assert elems == 4 * 2 * 16 * pts.kv_len[0] * spec.head_dim
     prefill = Points.make("prefill", np.array([8]), np.array([128]), np.array([128]), 0.5)
     assert not any(g.name == "kv_gather" for g in build_ops("dynamic-width", spec, prefill))
