@@ -226,8 +226,9 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
             g for g in attention_block(spec, pts, c * (s > 0), kv_len=kept) if g.name != "attention"]
         ops += [attention("sparse_attention", pts, c * (s > 0), batch=pts.batch, q_len=1, kv_len=kept,
                           heads=spec.heads, kv_heads=spec.kv_heads, head_dim=hd),
-                # Without a fused block-sparse kernel the kept K and V blocks are gathered first.
-                memop("kv_block_gather", "gather", pts.batch * spec.kv_heads * kept * hd, 2 * c * (s > 0),
+                # Without a fused block-sparse kernel the kept K and V blocks are gathered first:
+                # a cold cache read into a new tensor, priced like dynamic width's K/V gather.
+                memop("kv_block_gather", "kv_concat", pts.batch * spec.kv_heads * kept * hd, 2 * c * (s > 0),
                       "routing"),
                 *_kv_append(pts, c * (s > 0), pts.batch, pts.kv_len, spec.kv_heads, hd, o)]
         rows = pts.batch * spec.heads

@@ -223,3 +223,12 @@ def test_dynamic_width_decode_gathers_each_groups_kv_rows() -> None:
     assert elems == 4 * 2 * 16 * pts.kv_len[0] * spec.head_dim
     prefill = Points.make("prefill", np.array([8]), np.array([128]), np.array([128]), 0.5)
     assert not any(g.name == "kv_gather" for g in build_ops("dynamic-width", spec, prefill))
+
+
+def test_sparse_attention_decode_gathers_its_kept_blocks_from_the_cold_cache():
+    spec = ModelSpec("sa", hidden=1024, ffn=2816, layers=4, heads=16, kv_heads=4, head_dim=64, vocab=8192)
+    pts = Points.make("decode", np.array([4]), np.array([1]), np.array([2048]), 0.75)
+    (g,) = [g for g in build_ops("sparse-attention", spec, pts) if g.name == "kv_block_gather"]
+    assert g.op == "kv_concat" and float(np.broadcast_to(g.count, (1,))[0]) == 2 * 4
+    # a quarter of the 2049 cached tokens' blocks (block 64: 33 blocks, 9 kept), K and V apart
+    assert int(np.broadcast_to(g.shape["numel"], (1,))[0]) == 4 * 4 * 9 * 64 * 64
