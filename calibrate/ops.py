@@ -61,7 +61,7 @@ class Bench:
     inner: int = 1
     wall: bool = False
     #: a whole-model bench that needs an untimed setup per repeat measures itself
-    #: (the same discipline, see :func:`pis.calibrate.validate.measure`)
+    #: (the same discipline, see :func:`pis.calibrate.timing.measure_runner`)
     timed: "Callable[[], tuple[float, float, float, int]] | None" = None
 
 
@@ -398,8 +398,8 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
         import transformers  # noqa: F401 - the `validate` extra
     except ImportError:
         raise Unsupported("dense_decoder needs transformers (pip install 'pruninginfersim[validate]')") from None
-    from pis.calibrate.validate import Effort, measure
-    from pis.calibrate.validate_models import Runner, build_hf, token_ids
+    from pis.calibrate.timing import Effort, Runner, measure_runner
+    from pis.calibrate.validate_models import build_hf, token_ids
     from pis.simulator.pruning import PruneOptions
 
     spec = _decoder_spec(s)
@@ -419,7 +419,7 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
             state["cache"] = DynamicCache(cache_kv, config=hf.config)
 
         runner = Runner(lambda: base(input_ids=ids, use_cache=True, **{hf.cache_kw: state["cache"]}), setup)
-    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure(runner, device, Effort(**_DECODER_EFFORT_KW)))
+    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure_runner(runner, device, Effort(**_DECODER_EFFORT_KW)))
 
 
 def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -429,8 +429,8 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
     ``pis-validate`` times the reference decoder (fresh cache copies before every repeat).
     """
     from pis.calibrate.reference_decoder import RefDecoder, RefOptions
-    from pis.calibrate.validate import Effort, measure
-    from pis.calibrate.validate_models import Runner, token_ids
+    from pis.calibrate.timing import Effort, Runner, measure_runner
+    from pis.calibrate.validate_models import token_ids
 
     spec = _decoder_spec(s)
     torch.manual_seed(0)
@@ -451,7 +451,7 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
             state["caches"] = [tuple(t.clone() for t in c) for c in template]
 
         runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
-    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure(runner, device, Effort(**_DECODER_EFFORT_KW)))
+    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, Effort(**_DECODER_EFFORT_KW)))
 
 
 BUILDERS: dict[str, Builder] = {

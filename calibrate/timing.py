@@ -289,3 +289,85 @@ class CpuCacheFlush:
             self._buf = torch.empty(self.bytes // 4, dtype=torch.float32)
         self._n += 1
         self._buf.fill_(float(self._n))  # a new value: the writes cannot be elided
+
+
+# --- whole-model timing (pis-validate and the whole-decoder profile rows) --------------------
+
+@dataclass
+class Runner:
+    """What to time: ``step()``; ``setup()`` runs untimed before every call of it."""
+
+    step: Callable[[], object]
+    setup: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How long to measure each configuration."""
+
+    warmup: int = 2
+    min_repeats: int = 5
+    max_repeats: int = 30
+    #: measured time to aim for per configuration (sum over repeats), seconds
+    target_s: float = 1.0
+    #: re-measure (up to ``retries`` times) when (p90 - p10) / median is wider than this
+    max_spread: float = 0.3
+    retries: int = 2
+    #: CPU: evict the last-level cache before every repeat (:class:`CpuCacheFlush`)
+    flush_cache: bool = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_flush: CpuCacheFlush | None = None
+
+
+def _cpu_flush() -> CpuCacheFlush:
+    global _flush
+    if _flush is None:
+        _flush = CpuCacheFlush()
+    return _flush
+
+
+def _one(runner: Runner, device: torch.device, flush: Callable[[], None] | None = None) -> float:
+    """Seconds of one timed call (``setup`` and ``flush`` untimed, in that order)."""
+    if runner.setup is not None:
+        runner.setup()
+    if flush is not None:
+        flush()
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+    t0 = time.perf_counter()
+    runner.step()
+    return time.perf_counter() - t0
+
+
+def measure_runner(runner: Runner, device: torch.device, effort: Effort) -> tuple[float, float, float, int]:
+    """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
+
+    Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the
+    device is synchronized before it, so nothing queued earlier leaks into the timing. On the
+    CPU the last-level cache is evicted after ``setup`` (``effort.flush_cache``). As in
+    calibration (:class:`Timer`), a measurement whose spread is too wide
+    is repeated and the one with the lowest median kept.
+    """
+    flush = _cpu_flush() if device.type == "cpu" and effort.flush_cache else None
+    with torch.inference_mode():
+        for _ in range(max(effort.warmup, 1)):
+            est = _one(runner, device, flush)
+        n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
+
+        def sample() -> Timing:
+            return summarize([_one(runner, device, flush) for _ in range(n)])
+
+        t = fastest_of_retries(sample(), sample, effort.max_spread, effort.retries)
+    return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats

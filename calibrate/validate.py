@@ -13,8 +13,6 @@ shapes with fewer layers (latency is additive over layers; the reported model sa
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -22,12 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pis.calibrate.validate_models import ModelUnderTest, Runner, Unsupported, build_model
+from pis.calibrate.validate_models import ModelUnderTest, Unsupported, build_model
 from pis.errors import PisError
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import PRESETS, ModelSpec
-from pis.calibrate.timing import CpuCacheFlush, Timing, fastest_of_retries
-from pis.calibrate.timing import summarize as summarize_samples
+from pis.calibrate.timing import Effort, measure_runner
 from pis.simulator.pruning import PruneOptions
 from pis.simulator.sweep import simulate_point
 
@@ -179,82 +176,12 @@ def suite_models(configs: Iterable[Config]) -> list[ModelSpec]:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Effort:
-    """How long to measure each configuration."""
-
-    warmup: int = 2
-    min_repeats: int = 5
-    max_repeats: int = 30
-    #: measured time to aim for per configuration (sum over repeats), seconds
-    target_s: float = 1.0
-    #: re-measure (up to ``retries`` times) when (p90 - p10) / median is wider than this
-    max_spread: float = 0.3
-    retries: int = 2
-    #: CPU: evict the last-level cache before every repeat (:class:`CpuCacheFlush`)
-    flush_cache: bool = True
-
-
 EFFORT: dict[str, Effort] = {
     "tiny": Effort(warmup=1, min_repeats=3, max_repeats=5, target_s=0.1, flush_cache=False),
     "quick": Effort(warmup=2, min_repeats=5, max_repeats=20, target_s=1.0),
     "full": Effort(warmup=3, min_repeats=10, max_repeats=50, target_s=2.0),
 }
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-_flush: CpuCacheFlush | None = None
-
-
-def _cpu_flush() -> CpuCacheFlush:
-    global _flush
-    if _flush is None:
-        _flush = CpuCacheFlush()
-    return _flush
-
-
-def _one(runner: Runner, device: torch.device, flush: Callable[[], None] | None = None) -> float:
-    """Seconds of one timed call (``setup`` and ``flush`` untimed, in that order)."""
-    if runner.setup is not None:
-        runner.setup()
-    if flush is not None:
-        flush()
-    _sync(device)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.step()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) * 1e-3
-    t0 = time.perf_counter()
-    runner.step()
-    return time.perf_counter() - t0
-
-
-def measure(runner: Runner, device: torch.device, effort: Effort) -> tuple[float, float, float, int]:
-    """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
-
-    Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the
-    device is synchronized before it, so nothing queued earlier leaks into the timing. On the
-    CPU the last-level cache is evicted after ``setup`` (``effort.flush_cache``). As in
-    calibration (:class:`pis.calibrate.timing.Timer`), a measurement whose spread is too wide
-    is repeated and the one with the lowest median kept.
-    """
-    flush = _cpu_flush() if device.type == "cpu" and effort.flush_cache else None
-    with torch.inference_mode():
-        for _ in range(max(effort.warmup, 1)):
-            est = _one(runner, device, flush)
-        n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
-        def sample() -> Timing:
-            return summarize_samples([_one(runner, device, flush) for _ in range(n)])
-
-        t = fastest_of_retries(sample(), sample, effort.max_spread, effort.retries)
-    return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats
 
 
 # --- predicting and running ------------------------------------------------------------------
@@ -321,7 +248,7 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                                         cfg.options(), reference_dense=cfg.reference)
                     key = cfg.model_key
                 runner = model.runner(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
-                med, p10, p90, n = measure(runner, device, effort)
+                med, p10, p90, n = measure_runner(runner, device, effort)
                 row.update(measured_ms=med, measured_p10_ms=p10, measured_p90_ms=p90, repeats=n,
                            error_pct=error_pct(row["predicted_ms"], med),
                            ops_error_pct=error_pct(row["predicted_ops_ms"], med))

@@ -13,14 +13,13 @@ gives the zero-argument ``step`` to time and an untimed ``setup`` to call before
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from pis.errors import PisError
 from pis.calibrate.ops import mask_2to4
+from pis.calibrate.timing import Runner
 from pis.calibrate.reference_decoder import ROUTED_FAMILIES, RefDecoder, RefOptions
 from pis.simulator.models import ModelSpec
 from pis.simulator.pruning import (PruneOptions, layers_kept, layers_removed, lowrank_rank,
@@ -37,14 +36,6 @@ PROJECTIONS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_at
 
 class Unsupported(Exception):
     """This configuration cannot run on this device (reported as skipped, not an error)."""
-
-
-@dataclass
-class Runner:
-    """What to time: ``step()``; ``setup()`` runs untimed before every call of it."""
-
-    step: Callable[[], object]
-    setup: Callable[[], None] | None = None
 
 
 class ModelUnderTest:
