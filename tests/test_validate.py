@@ -306,6 +306,15 @@ def test_sparse_attention_decode_attends_kept_blocks_only(monkeypatch):
     assert seen == [math.ceil(0.25 * 16) * 64] * SPEC.layers
 
 
+def test_gather_blocks_matches_advanced_indexing():
+    b, g, nb, blk, d, kept = 2, 3, 7, 4, 5, 3
+    cache = torch.randn(b, g, nb * blk, d)
+    idx = torch.stack([torch.randperm(nb)[:kept] for _ in range(b * g)]).view(b, g, kept)
+    bi, gi = torch.arange(b)[:, None, None], torch.arange(g)[None, :, None]
+    want = cache.view(b, g, nb, blk, d)[bi, gi, idx].reshape(b, g, kept * blk, d)
+    torch.testing.assert_close(rd.gather_blocks(cache, idx, blk), want, rtol=0, atol=0)
+
+
 def test_sparse_attention_prefill_visits_a_fraction_of_blocks(monkeypatch):
     keys = []
     real = rd._sdpa
