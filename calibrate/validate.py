@@ -36,6 +36,7 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
     "predicted_ms", "error_pct", "predicted_ops_ms", "ops_error_pct", "context_factor",
     "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct",
+    "machine_drift_pct", "drift_adjusted_error_pct",
 )
 
 #: Small Llama-shaped models that run quickly on two CPU cores.
@@ -233,7 +234,8 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                    measured_ms=np.nan, measured_p10_ms=np.nan, measured_p90_ms=np.nan, repeats=0,
                    predicted_ms=np.nan, error_pct=np.nan, predicted_ops_ms=np.nan, ops_error_pct=np.nan,
                    context_factor=np.nan, extrapolated=False, status="ok",
-                   device=str(device), dtype=dname, rounds=1, round_spread_pct=0.0)
+                   device=str(device), dtype=dname, rounds=1, round_spread_pct=0.0,
+                   machine_drift_pct=np.nan, drift_adjusted_error_pct=np.nan)
         try:
             row["predicted_ms"], row["extrapolated"], row["context_factor"] = predict(est, cfg)
             row["predicted_ops_ms"] = row["predicted_ms"] / row["context_factor"]
@@ -292,9 +294,24 @@ def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
     out.loc[ok, "repeats"] = np.sum([r["repeats"] for r in reports], axis=0)[ok]
     out.loc[ok, "rounds"] = len(reports)
     out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
+    out["machine_drift_pct"] = np.median([r["machine_drift_pct"].to_numpy(dtype=float) for r in reports], axis=0)
     m = out.loc[ok, "measured_ms"]
     out.loc[ok, "error_pct"] = error_pct(out.loc[ok, "predicted_ms"], m)
     out.loc[ok, "ops_error_pct"] = error_pct(out.loc[ok, "predicted_ops_ms"], m)
+    return with_drift(out, out["machine_drift_pct"])
+
+
+def with_drift(report: pd.DataFrame, drift_pct: "float | pd.Series") -> pd.DataFrame:
+    """``report`` with ``machine_drift_pct`` set and ``drift_adjusted_error_pct`` computed.
+
+    The adjusted error scores the prediction scaled by the machine's drift since the profile
+    was measured (:mod:`pis.calibrate.drift`): how wrong the simulator would be on a machine
+    as fast as at calibration. A diagnostic only; ``error_pct`` stays the headline.
+    """
+    out = report.copy()
+    out["machine_drift_pct"] = drift_pct
+    out["drift_adjusted_error_pct"] = error_pct(out["predicted_ms"] * (1.0 + out["machine_drift_pct"] / 100.0),
+                                                out["measured_ms"])
     return out
 
 

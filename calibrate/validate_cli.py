@@ -69,6 +69,17 @@ def format_summary(summary: pd.DataFrame) -> str:
     return tabulate(summary.values.tolist(), headers=list(summary.columns), floatfmt=".1f")
 
 
+def format_drift(drifts: list, report: pd.DataFrame) -> str:
+    """The machine's drift per round and the errors with it taken out (a diagnostic)."""
+    per_round = ", ".join(f"{d.median_pct:+.1f} %" for d in drifts)
+    ok = report[report["status"] == "ok"]["drift_adjusted_error_pct"].abs().dropna()
+    line = (f"machine drift vs the profile (median of {drifts[0].points} re-measured profile points, "
+            f"per round): {per_round}")
+    if len(ok):
+        line += f"; errors with the drift taken out: median |error| {ok.median():.1f} %, max {ok.max():.1f} %"
+    return line
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", required=True, help="cpu or cuda:N (the device the profile describes).")
 @click.option("--profile", "profile", default=None, metavar="FILE|NAME",
@@ -87,9 +98,13 @@ def format_summary(summary: pd.DataFrame) -> str:
                    "configuration's median over the rounds (steadier on a shared machine).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
+@click.option("--drift/--no-drift", default=True, show_default=True,
+              help="Before every round, re-measure a dozen of the profile's own points to report "
+                   "how much faster or slower the machine runs now than when the profile was "
+                   "measured (columns machine_drift_pct, drift_adjusted_error_pct; a few seconds).")
 @handle_errors
 def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
-         force: bool, allow_roofline: bool, rounds: int, threads: int | None) -> None:
+         force: bool, allow_roofline: bool, rounds: int, threads: int | None, drift: bool) -> None:
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
@@ -112,8 +127,9 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     from tqdm import tqdm
 
     from pis.calibrate.device import resolve_device
+    from pis.calibrate.drift import measure_drift
     from pis.calibrate.validate import (EFFORT, check_profile, combine_rounds, default_dtype, run_configs,
-                                        suite_configs, suite_models, summarize)
+                                        suite_configs, suite_models, summarize, with_drift)
     from pis.profiles.shipped import resolve_profile
     from pis.profiles.store import load_profile
     from pis.simulator.estimator import Estimator
@@ -133,10 +149,16 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
         return lambda items: tqdm(items, desc=desc, unit="config", file=sys.stderr, leave=False,
                                   dynamic_ncols=True)
 
-    report = combine_rounds([
-        run_configs(configs, est, dev, dtype, EFFORT[suite],
-                    progress=progress(f"pis-validate {suite}" + (f" round {i + 1}/{rounds}" if rounds > 1 else "")))
-        for i in range(rounds)])
+    reports, drifts = [], []
+    for i in range(rounds):
+        label = f"pis-validate {suite}" + (f" round {i + 1}/{rounds}" if rounds > 1 else "")
+        d = measure_drift(est.profile, dev, est.dtype) if drift else None
+        if d is not None:
+            drifts.append(d)
+            click.echo(f"{label}: {d.describe()}", err=True)
+        rep = run_configs(configs, est, dev, dtype, EFFORT[suite], progress=progress(label))
+        reports.append(with_drift(rep, d.median_pct) if d is not None else rep)
+    report = combine_rounds(reports)
     click.echo(format_table(report))
     click.echo("")
     click.echo(format_summary(summarize(report)))
@@ -146,6 +168,8 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
                   f"{report['round_spread_pct'].median():.1f} %, max {report['round_spread_pct'].max():.1f} %)")
     click.echo(f"\ndevice {dev} ({str(dtype).replace('torch.', '')}), profile {est.name}, suite {suite}, "
                f"{int((report['status'] == 'ok').sum())}/{len(report)} configurations measured{extra}")
+    if drifts:
+        click.echo(format_drift(drifts, report))
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     if out_path is not None:

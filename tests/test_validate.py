@@ -39,7 +39,27 @@ def _run(*args: str):
 
 # --- harness, end to end -----------------------------------------------------------------------
 
-def test_tiny_suite_end_to_end(synthetic_file, tmp_path):
+def _fake_drift(monkeypatch, factor: float) -> None:
+    """Probe points 're-measure' at ``factor`` x their stored time (no real timing)."""
+    import pis.calibrate.drift as drift
+
+    def fake(p, dtype, device, timer, warn=None):
+        stored = {(op, tuple(sorted(sh.items()))): us for op, sh, us in drift.probe_rows(prof, dtype)}
+        return {"status": "ok", "median_us": factor * stored[(p.op, tuple(sorted(p.shape_dict.items())))]}
+
+    real = drift.measure_drift
+
+    def measure(profile, device, dtype):
+        nonlocal prof
+        prof = profile
+        return real(profile, device, dtype)
+    prof = None
+    monkeypatch.setattr(drift, "measure_point", fake)
+    monkeypatch.setattr(drift, "measure_drift", measure)
+
+
+def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
+    _fake_drift(monkeypatch, 1.25)
     out = tmp_path / "report.csv"
     res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
     assert res.exit_code == 0, res.output
@@ -58,12 +78,35 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path):
     for cfg in configs:
         assert cfg.label in res.output
     assert "overall" in res.output and "median_abs_error_pct" in res.output
+    # The machine "runs 25 % slower" than the profile: reported, and taken out of the diagnostic.
+    np.testing.assert_allclose(df["machine_drift_pct"], 25.0)
+    np.testing.assert_allclose(df["drift_adjusted_error_pct"],
+                               (1.25 * df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100, rtol=1e-9)
+    assert "machine drift vs the profile" in res.output and "+25.0 %" in res.output
+
+
+def test_drift_probe_remeasures_profile_points_on_the_cpu():
+    from pis.calibrate.drift import PROBE_OPS, measure_drift, probe_rows
+    from pis.calibrate.grid import point
+    from pis.calibrate.runner import measure_point
+    from pis.calibrate.timing import make_timer, TimingConfig
+    from pis.profiles.store import Profile
+
+    timer = make_timer(CPU, TimingConfig(target_s=0.01, min_repeats=3, max_repeats=10))
+    pts = [point("gemm", m=16, n=512, k=512), point("rmsnorm", numel=256 * 4096), point("gemm", m=1, n=8, k=8)]
+    rows = pd.DataFrame([measure_point(p, "fp32", CPU, timer) for p in pts])
+    prof = Profile(rows=rows, meta={"grid_name": "tiny", "dtype": "fp32", "device_kind": "cpu"})
+    picked = probe_rows(prof, "fp32")
+    assert {op for op, _, _ in picked} <= set(PROBE_OPS)
+    assert all(50.0 <= us <= 5000.0 for _, _, us in picked)  # the 8x8 GEMM is too short to probe
+    drift = measure_drift(prof, CPU, "fp32")
+    assert drift.points == len(picked) and np.isfinite(drift.median_pct) and -80 < drift.median_pct < 400
 
 
 def test_rounds_report_the_median_of_interleaved_rounds(synthetic_file, tmp_path):
     out = tmp_path / "report.csv"
     res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--rounds", "2",
-               "--out", str(out))
+               "--no-drift", "--out", str(out))
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
     assert (df["rounds"] == 2).all() and (df["round_spread_pct"] >= 0).all()
@@ -71,19 +114,22 @@ def test_rounds_report_the_median_of_interleaved_rounds(synthetic_file, tmp_path
 
 
 def test_combine_rounds_takes_medians_and_recomputes_errors():
-    def report(measured, status=("ok", "ok")):
+    def report(measured, status=("ok", "ok"), drift=0.0):
         return pd.DataFrame(dict(config=["a", "b"], measured_ms=measured, measured_p10_ms=np.array(measured) * 0.9,
                                  measured_p90_ms=np.array(measured) * 1.1, repeats=[5, 5],
                                  predicted_ms=[10.0, 20.0], predicted_ops_ms=[8.0, 16.0],
                                  error_pct=[0.0, 0.0], ops_error_pct=[0.0, 0.0], status=list(status),
-                                 rounds=[1, 1], round_spread_pct=[0.0, 0.0]))
-    rounds = [report([10.0, 25.0]), report([12.0, 20.0], ("ok", "error: boom")), report([8.0, 15.0])]
+                                 rounds=[1, 1], round_spread_pct=[0.0, 0.0], machine_drift_pct=[drift, drift]))
+    rounds = [report([10.0, 25.0], drift=10.0), report([12.0, 20.0], ("ok", "error: boom"), drift=20.0),
+              report([8.0, 15.0], drift=0.0)]
     out = combine_rounds(rounds)
     a, b = out.iloc[0], out.iloc[1]
     assert a["measured_ms"] == 10.0 and a["rounds"] == 3 and a["repeats"] == 15
     assert a["round_spread_pct"] == pytest.approx(40.0)
     assert a["measured_p10_ms"] == pytest.approx(7.2) and a["measured_p90_ms"] == pytest.approx(13.2)
     assert a["error_pct"] == pytest.approx(0.0) and a["ops_error_pct"] == pytest.approx(-20.0)
+    # The machine ran 10 % slower (median over the rounds): 10 ms predicted x 1.1 vs 10 measured.
+    assert a["machine_drift_pct"] == pytest.approx(10.0) and a["drift_adjusted_error_pct"] == pytest.approx(10.0)
     # Not measured in every round: the first round's row, as it was.
     assert b["measured_ms"] == 25.0 and b["rounds"] == 1 and b["error_pct"] == 0.0
     assert combine_rounds([rounds[0]]).equals(rounds[0])
