@@ -68,6 +68,9 @@ class TimingConfig:
     retries: int = 2
     #: CUDA only: time CUDA-graph replays (falls back to eager when capture fails)
     cuda_graphs: bool = False
+    #: CPU whole-model timings (:func:`measure_runner`): evict the last-level cache before
+    #: every repeat (:class:`CpuCacheFlush`)
+    flush_cache: bool = False
 
 
 def summarize(samples_s: "np.ndarray | list[float]", graph: bool = False) -> Timing:
@@ -301,22 +304,6 @@ class Runner:
     setup: Callable[[], None] | None = None
 
 
-@dataclass(frozen=True)
-class Effort:
-    """How long to measure each configuration."""
-
-    warmup: int = 2
-    min_repeats: int = 5
-    max_repeats: int = 30
-    #: measured time to aim for per configuration (sum over repeats), seconds
-    target_s: float = 1.0
-    #: re-measure (up to ``retries`` times) when (p90 - p10) / median is wider than this
-    max_spread: float = 0.3
-    retries: int = 2
-    #: CPU: evict the last-level cache before every repeat (:class:`CpuCacheFlush`)
-    flush_cache: bool = True
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -351,7 +338,7 @@ def _one(runner: Runner, device: torch.device, flush: Callable[[], None] | None 
     return time.perf_counter() - t0
 
 
-def measure_runner(runner: Runner, device: torch.device, effort: Effort) -> tuple[float, float, float, int]:
+def measure_runner(runner: Runner, device: torch.device, effort: TimingConfig) -> tuple[float, float, float, int]:
     """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
 
     Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the

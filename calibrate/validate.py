@@ -24,7 +24,7 @@ from pis.calibrate.validate_models import ModelUnderTest, Unsupported, build_mod
 from pis.errors import PisError
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import PRESETS, ModelSpec
-from pis.calibrate.timing import Effort, measure_runner
+from pis.calibrate.timing import TimingConfig, measure_runner
 from pis.simulator.pruning import PruneOptions
 from pis.simulator.sweep import simulate_point
 
@@ -177,10 +177,10 @@ def suite_models(configs: Iterable[Config]) -> list[ModelSpec]:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-EFFORT: dict[str, Effort] = {
-    "tiny": Effort(warmup=1, min_repeats=3, max_repeats=5, target_s=0.1, flush_cache=False),
-    "quick": Effort(warmup=2, min_repeats=5, max_repeats=20, target_s=1.0),
-    "full": Effort(warmup=3, min_repeats=10, max_repeats=50, target_s=2.0),
+EFFORT: dict[str, TimingConfig] = {
+    "tiny": TimingConfig(warmup=1, min_repeats=3, max_repeats=5, target_s=0.1),
+    "quick": TimingConfig(warmup=2, min_repeats=5, max_repeats=20, target_s=1.0, flush_cache=True),
+    "full": TimingConfig(warmup=3, min_repeats=10, max_repeats=50, target_s=2.0, flush_cache=True),
 }
 
 
@@ -220,7 +220,7 @@ def error_pct(predicted, measured):
 
 
 def run_configs(configs: list[Config], est: Estimator, device: torch.device, dtype: torch.dtype,
-                effort: Effort, progress: Callable[[Iterable], Iterator] | None = None) -> pd.DataFrame:
+                effort: TimingConfig, progress: Callable[[Iterable], Iterator] | None = None) -> pd.DataFrame:
     """Measure and predict every configuration; one report row each (skips are rows too)."""
     rows = []
     model: ModelUnderTest | None = None

@@ -20,7 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 from pis.calibrate import reference_decoder as rd  # noqa: E402
 from pis.calibrate.validate import (REPORT_COLUMNS, combine_rounds,  # noqa: E402
                                     suite_configs, summarize)
-from pis.calibrate.timing import Effort, measure_runner  # noqa: E402
+from pis.calibrate.timing import TimingConfig, measure_runner  # noqa: E402
 from pis.calibrate.validate_cli import main  # noqa: E402
 from pis.calibrate.validate_models import (PrunedLayer, Runner, Unsupported,  # noqa: E402
                                            build_model)
@@ -171,7 +171,7 @@ def test_measure_calls_setup_before_every_repeat():
         assert calls["setup"] == calls["step"] + 1  # a fresh setup for every timed step
         calls["step"] += 1
 
-    effort = Effort(warmup=1, min_repeats=4, max_repeats=4, retries=0, flush_cache=False)
+    effort = TimingConfig(warmup=1, min_repeats=4, max_repeats=4, retries=0)
     med, p10, p90, n = measure_runner(Runner(step, setup), CPU, effort)
     assert n == 4 and calls["step"] == 5 and p10 <= med <= p90
 
@@ -181,10 +181,10 @@ def test_cpu_measure_evicts_the_cache_between_setup_and_step(monkeypatch):
     order = []
     monkeypatch.setattr(timing, "_cpu_flush", lambda: lambda: order.append("flush"))
     runner = Runner(lambda: order.append("step"), lambda: order.append("setup"))
-    measure_runner(runner, CPU, Effort(warmup=1, min_repeats=3, max_repeats=3, retries=0))
+    measure_runner(runner, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0, flush_cache=True))
     assert order == ["setup", "flush", "step"] * 4
     order.clear()
-    measure_runner(runner, CPU, Effort(warmup=1, min_repeats=3, max_repeats=3, retries=0, flush_cache=False))
+    measure_runner(runner, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0))
     assert "flush" not in order
 
 
