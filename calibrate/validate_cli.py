@@ -154,8 +154,11 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
         label = f"pis-validate {suite}" + (f" round {i + 1}/{rounds}" if rounds > 1 else "")
         d = measure_drift(est.profile, dev, est.dtype) if drift else None
         if d is not None:
-            drifts.append(d)
             click.echo(f"{label}: {d.describe()}", err=True)
+            if not d.points:  # a profile without probe rows: nothing to report per configuration
+                d = None
+            else:
+                drifts.append(d)
         rep = run_configs(configs, est, dev, dtype, EFFORT[suite], progress=progress(label))
         reports.append(with_drift(rep, d.median_pct) if d is not None else rep)
     report = combine_rounds(reports)

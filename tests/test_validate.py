@@ -85,6 +85,17 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
     assert "machine drift vs the profile" in res.output and "+25.0 %" in res.output
 
 
+def test_profile_without_probe_points_validates_without_drift(synthetic_file, tmp_path, monkeypatch):
+    import pis.calibrate.drift as drift
+    monkeypatch.setattr(drift, "PROBE_RANGE_US", (1e12, 2e12))  # no stored row is that slow
+    out = tmp_path / "report.csv"
+    res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "machine drift: not measured" in res.output
+    df = pd.read_csv(out)
+    assert df["machine_drift_pct"].isna().all() and (df["status"] == "ok").all()
+
+
 def test_drift_probe_remeasures_profile_points_on_the_cpu():
     from pis.calibrate.drift import PROBE_OPS, measure_drift, probe_rows
     from pis.calibrate.grid import point
