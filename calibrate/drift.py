@@ -7,6 +7,11 @@ simulator's error with the machine's. So ``pis-validate`` re-measures a few of t
 own points, with calibration's bench and timer, before every round; the median ratio
 ``now / then`` is the machine's drift, reported next to the errors (and used for the
 ``drift_adjusted_error_pct`` column, a diagnostic: the headline error is never adjusted).
+
+What it resolves: gross slowdowns, such as another process holding one of the cores. Drifts
+of a few percent it does not: over six back-to-back quick suites here the probe read -3.0 to
++4.4 % while the suite moved 0 to -4.9 %, uncorrelated (``benchmarks/drift_tracking.py``),
+although the probe repeats within 1 % back to back. Single ops and whole models wander apart.
 """
 
 from __future__ import annotations
