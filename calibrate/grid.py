@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -56,6 +57,9 @@ if TYPE_CHECKING:  # torch stays out of import time
 GRID_NAMES: tuple[str, ...] = ("tiny", "quick", "default", "full")
 #: Sparsities and alignment used for ``--model`` shapes.
 MODEL_SPARSITIES: tuple[float, ...] = tuple(np.round(np.arange(10) / 10, 1))
+#: Sparsities at which ``--model`` also measures dynamic width's prefill group attention
+#: (q_len = (1-s)·S over S keys: a shape no dense grid holds, else priced by roofline).
+ROUTED_KEEP_SPARSITIES: tuple[float, ...] = (0.25, 0.5, 0.75)
 MODEL_ALIGN = 64
 MEMORY_OPS: tuple[str, ...] = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add", "kv_concat")
 
@@ -145,7 +149,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((4, 8, 32), (1, 4, 8)),
         prefill_batch=(1, 8), prefill_seq=(32, 128, 512),
         decode_batch=(1, 8), decode_kv=(64, 256, 1024, 4096),
-        numel=_pow2(8, 24, 2) + (2 ** 25,), topk_m=(1, 64, 4096), topk_n=(16, 512),
+        numel=_pow2(8, 24, 2) + (2 ** 25,), topk_m=(1, 64, 4096), topk_n=(4, 8, 16, 512),
         max_flops=2e10, max_bytes=2.5e9),
     ("default", "cpu"): GridSpec(
         gemm_m=_pow2(0, 12), gemm_n=(16, 32, 64, 128) + _pow2(8, 13), gemm_k=(16, 32, 64, 128) + _pow2(8, 13),
@@ -155,7 +159,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((4, 8, 16, 32), (1, 4, 8)),
         prefill_batch=(1, 2, 4, 8), prefill_seq=(16, 32, 64, 128, 256, 512),
         decode_batch=(1, 2, 4, 8), decode_kv=_pow2(6, 12),
-        numel=_pow2(8, 25), topk_m=(1, 8, 64, 512, 4096), topk_n=(16, 64, 512, 2048),
+        numel=_pow2(8, 25), topk_m=(1, 8, 64, 512, 4096), topk_n=(4, 8, 16, 64, 512, 2048),
         max_flops=2e11, max_bytes=4e9),
     ("full", "cpu"): GridSpec(
         gemm_m=_half_steps(0, 12), gemm_n=(1, 8, 16, 32, 64, 128) + _half_steps(8, 13),
@@ -165,7 +169,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((2, 4, 8, 16, 32), (1, 2, 4, 8)),
         prefill_batch=_pow2(0, 4), prefill_seq=_pow2(4, 10),
         decode_batch=_pow2(0, 4), decode_kv=_pow2(5, 13),
-        numel=_half_steps(8, 26), topk_m=(1, 8, 64, 512, 4096), topk_n=(8, 16, 64, 512, 2048, 8192),
+        numel=_half_steps(8, 26), topk_m=(1, 8, 64, 512, 4096), topk_n=(4, 8, 16, 64, 512, 2048, 8192),
         max_flops=1e12, max_bytes=6e9),
     ("tiny", "cuda"): GridSpec(
         gemm_m=(1, 16, 256), gemm_n=(256, 1024), gemm_k=(256, 1024), gemm_extra=((1, 16),),
@@ -183,7 +187,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((8, 32, 64), (1, 4, 8)),
         prefill_batch=(1, 4, 16, 64), prefill_seq=(128, 512, 2048, 8192, 32768),
         decode_batch=(1, 4, 16, 64, 256), decode_kv=(128, 512, 2048, 8192, 32768, 131072),
-        numel=_pow2(10, 30, 2), topk_m=(1, 64, 4096, 65536), topk_n=(16, 512, 8192),
+        numel=_pow2(10, 30, 2), topk_m=(1, 64, 4096, 65536), topk_n=(4, 8, 16, 512, 8192),
         max_flops=4e13, max_bytes=24e9),
     ("default", "cuda"): GridSpec(
         gemm_m=_GPU_SMALL_M + (192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
@@ -196,7 +200,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((4, 8, 16, 32, 64), (1, 4, 8)),
         prefill_batch=_pow2(0, 6, 1), prefill_seq=_pow2(7, 15),
         decode_batch=_pow2(0, 8), decode_kv=_pow2(7, 17),
-        numel=_pow2(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(16, 64, 512, 2048, 8192),
+        numel=_pow2(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(4, 8, 16, 64, 512, 2048, 8192),
         max_flops=6e13, max_bytes=32e9),
     ("full", "cuda"): GridSpec(
         gemm_m=tuple(sorted(set(_GPU_SMALL_M) | set(_half_steps(0, 16)) | set(range(8, 129, 8)))),
@@ -208,7 +212,7 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         head_dims=(64, 128), heads=_heads((2, 4, 8, 16, 32, 64, 128), (1, 2, 4, 8)),
         prefill_batch=_pow2(0, 7), prefill_seq=_pow2(6, 15),
         decode_batch=_pow2(0, 8), decode_kv=_pow2(6, 17),
-        numel=_half_steps(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(8, 16, 64, 512, 2048, 8192, 32768),
+        numel=_half_steps(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(4, 8, 16, 64, 512, 2048, 8192, 32768),
         max_flops=2e14, max_bytes=48e9),
 }
 
@@ -286,6 +290,10 @@ def model_attention_points(name: str, device_kind: str, dims: dict[str, int]) ->
     d = m.head_dim
     pts = [point("attn_prefill", batch=b, q_len=q, kv_len=q, heads=h, kv_heads=kv, head_dim=d, causal=1)
            for (h, kv), b, q in itertools.product(pairs, pre_b, pre_s)]
+    # Dynamic width's prefill groups attend with their kept share of queries over every key.
+    pts += [point("attn_prefill", batch=b, q_len=math.ceil((1.0 - r) * q), kv_len=q, heads=m.heads // g,
+                  kv_heads=1, head_dim=d, causal=1)
+            for r, b, q in itertools.product(ROUTED_KEEP_SPARSITIES, pre_b, pre_s)]
     pts += [point("attn_decode", batch=b, q_len=1, kv_len=c, heads=h, kv_heads=kv, head_dim=d, causal=0)
             for (h, kv), b, c in itertools.product(pairs, dec_b, dec_c)]
     return pts

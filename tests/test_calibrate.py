@@ -121,6 +121,17 @@ def test_model_adds_its_attention_heads():
     ctx = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in context_points("quick", "cpu", dims)
            if p.op == "dense_decoder" and not p.shape_dict["causal"]}
     assert ctx <= dec
+    # Dynamic width's prefill groups: half the queries of a 256-token sequence over all 256 keys.
+    assert any(p.op == "attn_prefill" and p.shape_dict["heads"] == 4 and p.shape_dict["kv_heads"] == 1
+               and p.shape_dict["q_len"] == 128 and p.shape_dict["kv_len"] == 256 for p in with_model.points)
+
+
+def test_routed_top_k_over_few_candidates_is_measured():
+    """Routers choose among 4-8 head/FFN groups: the CPU and GPU grids measure top-k there."""
+    for kind, dtype in (("cpu", "fp32"), ("cuda", "bf16")):
+        for name in ("quick", "default"):
+            ns = {p.shape_dict["n"] for p in build_grid(name, kind, dtype).points if p.op == "topk"}
+            assert {4, 8} <= ns
 
 
 # --- ops, timers, device --------------------------------------------------------------------
