@@ -23,10 +23,10 @@ Point counts (no ``--model``) and run times:
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
 tiny       49     50      seconds (tests)
-quick      893    2218    CPU 169 s on the 2-core CI machine (215 s, 2621 points, with the
-                          CPU validation model as --model); H200 142 s (an older grid)
-default    2732   11044   CPU 6 min 49 s on the 2-core CI machine; GPU ~25 min (estimated)
-full       8563   26295   estimated: CPU ~45 min, GPU ~2 h
+quick      902    2230    CPU ~170 s on the 2-core CI machine (3 min 47 s, 2690 points, with
+                          the CPU validation model as --model); H200 142 s (an older grid)
+default    2747   11062   CPU 6 min 47 s on the 2-core CI machine; GPU ~25 min (estimated)
+full       8573   26307   estimated: CPU ~45 min, GPU ~2 h
 =========  =====  ======  ==============================================================
 
 Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 38 on CPU, 32 on

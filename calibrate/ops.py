@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from pis.calibrate.device import cuda_capability
+from pis.calibrate.timing import TimingConfig
 from pis.profiles.schema import OPS
 
 if TYPE_CHECKING:  # annotations only: builders import the simulator when they run
@@ -369,7 +370,7 @@ def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
 
 #: Whole-decoder benches: about a second of repeats each (they are few, and their medians
 #: feed every simulation through the in-context factor).
-_DECODER_EFFORT_KW = dict(warmup=2, min_repeats=7, max_repeats=25, target_s=1.0, flush_cache=True)
+DECODER_TIMING = TimingConfig(warmup=2, min_repeats=7, max_repeats=25, target_s=1.0, flush_cache=True)
 
 
 def _untimed_call(runner) -> Callable[[], object]:
@@ -401,7 +402,7 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
         import transformers  # noqa: F401 - the `validate` extra
     except ImportError:
         raise Unsupported("dense_decoder needs transformers (pip install 'pruninginfersim[validate]')") from None
-    from pis.calibrate.timing import Runner, TimingConfig, measure_runner
+    from pis.calibrate.timing import Runner, measure_runner
     from pis.calibrate.validate_models import build_hf, token_ids
     from pis.simulator.pruning import PruneOptions
 
@@ -422,7 +423,7 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
             state["cache"] = DynamicCache(cache_kv, config=hf.config)
 
         runner = Runner(lambda: base(input_ids=ids, use_cache=True, **{hf.cache_kw: state["cache"]}), setup)
-    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure_runner(runner, device, TimingConfig(**_DECODER_EFFORT_KW)))
+    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
 def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -432,7 +433,7 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
     ``pis-validate`` times the reference decoder (fresh cache copies before every repeat).
     """
     from pis.calibrate.reference_decoder import RefDecoder, RefOptions
-    from pis.calibrate.timing import Runner, TimingConfig, measure_runner
+    from pis.calibrate.timing import Runner, measure_runner
     from pis.calibrate.validate_models import token_ids
 
     spec = _decoder_spec(s)
@@ -454,7 +455,7 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
             state["caches"] = [tuple(t.clone() for t in c) for c in template]
 
         runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
-    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, TimingConfig(**_DECODER_EFFORT_KW)))
+    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
 BUILDERS: dict[str, Builder] = {

@@ -23,6 +23,7 @@ can cover most repeats of a point (seen here: a 0.7 ms GEMM measured at 8 ms, p1
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -309,14 +310,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-_flush: CpuCacheFlush | None = None
-
-
+@functools.cache
 def _cpu_flush() -> CpuCacheFlush:
-    global _flush
-    if _flush is None:
-        _flush = CpuCacheFlush()
-    return _flush
+    """One flush buffer per process (its first use allocates 1.5x the LLC)."""
+    return CpuCacheFlush()
 
 
 def _one(runner: Runner, device: torch.device, flush: Callable[[], None] | None = None) -> float:

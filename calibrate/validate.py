@@ -294,14 +294,13 @@ def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
     out.loc[ok, "repeats"] = np.sum([r["repeats"] for r in reports], axis=0)[ok]
     out.loc[ok, "rounds"] = len(reports)
     out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
-    out["machine_drift_pct"] = np.median([r["machine_drift_pct"].to_numpy(dtype=float) for r in reports], axis=0)
     m = out.loc[ok, "measured_ms"]
     out.loc[ok, "error_pct"] = error_pct(out.loc[ok, "predicted_ms"], m)
     out.loc[ok, "ops_error_pct"] = error_pct(out.loc[ok, "predicted_ops_ms"], m)
-    return with_drift(out, out["machine_drift_pct"])
+    return with_drift(out, np.median([r["machine_drift_pct"].to_numpy(dtype=float) for r in reports], axis=0))
 
 
-def with_drift(report: pd.DataFrame, drift_pct: "float | pd.Series") -> pd.DataFrame:
+def with_drift(report: pd.DataFrame, drift_pct: "float | np.ndarray") -> pd.DataFrame:
     """``report`` with ``machine_drift_pct`` set and ``drift_adjusted_error_pct`` computed.
 
     The adjusted error scores the prediction scaled by the machine's drift since the profile
