@@ -353,6 +353,10 @@ def _tier(p: Point) -> int:
     s = p.shape_dict
     if p.op == "overhead":
         return 0
+    if p.op in CONTEXT_OPS:
+        # Few (tens) but they set every prediction's in-context factor: a run cut short by
+        # --time-budget should keep them rather than the largest GEMMs of tier 4.
+        return 3
     if p.op == "gemm" and s["m"] <= 16:
         return 1
     if p.op in REQUIRED_OPS and p.op in MEMORY_OPS or p.op == "attn_decode":

@@ -85,8 +85,11 @@ def test_grid_caps_and_order():
     assert all(float(op_flops(p.op, p.shape_dict)) <= 2e10 for p in grid.points
                if p.shape and p.op not in CONTEXT_OPS)
     assert grid.points[0].op == "overhead"
-    assert [p.op for p in grid.points[-len(context_points("quick", "cpu")):]] == \
-        [p.op for p in context_points("quick", "cpu")]
+    # The whole-decoder points come before the large-M GEMMs, so a time-budgeted run keeps them.
+    ctx = [i for i, p in enumerate(grid.points) if p.op in CONTEXT_OPS]
+    assert len(ctx) == len(context_points("quick", "cpu"))
+    big = [i for i, p in enumerate(grid.points) if p.op == "gemm" and p.shape_dict["m"] > 512]
+    assert big and max(ctx) < min(big)
     first_big = next(i for i, p in enumerate(grid.points) if p.op == "gemm" and p.shape_dict["m"] > 16)
     assert all(p.op == "gemm" for p in grid.points[1:first_big] if p.op.startswith("gemm"))
     assert all(p.shape_dict["m"] <= 16 for p in grid.points[:first_big] if p.op == "gemm")
