@@ -46,7 +46,7 @@ def main() -> None:
                              kv_heads=s["kv_heads"], head_dim=s["head_dim"], vocab=1)
             phase = "prefill" if s["causal"] else "decode"
             length = s["q_len"] if s["causal"] else s["kv_len"]
-            pred = decoder_op_sum(est, spec, phase, s["batch"], length, KV_FOR_OP[p.op])
+            pred = decoder_op_sum(est, spec, phase, s["batch"], length, KV_FOR_OP[p.op])[0]
             rows.append(dict(op=p.op, phase=phase, batch=s["batch"], length=length, width=width,
                              factor=measured_us / pred))
     table = pd.DataFrame(rows).pivot_table(index=["op", "phase", "batch", "length"], columns="width",

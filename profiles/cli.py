@@ -70,6 +70,11 @@ def info(file: str, fmt: str) -> None:
     if context:
         click.echo("\nin-context factors (measured dense decoder / predicted op sum; see simulator/context.py):")
         click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
+    hosts = _host_fits(profile)
+    if hosts:
+        click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_op x framework ops, "
+                   "device_factor x op sum, p); see simulator/host.py):")
+        click.echo(tabulate(hosts, headers="keys", floatfmt=".3f"))
     if problems:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
 
@@ -81,6 +86,21 @@ def _context_factors(profile: Profile) -> list[dict[str, Any]]:
         return Estimator(profile).context.summary()
     except PisError:  # a profile too incomplete to predict its own decoders
         return []
+
+
+def _host_fits(profile: Profile) -> list[dict[str, Any]]:
+    from pis.simulator.context import DIMS, fit_hosts
+    from pis.simulator.estimator import Estimator
+
+    try:
+        ctx = Estimator(profile).context
+    except PisError:
+        return []
+    if not ctx.host_bound:
+        return []
+    return [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
+                 device_factor=f.device_factor, p=f.p, rows=f.rows)
+            for (kv, dims, phase), f in sorted(fit_hosts(ctx.points).items())]
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

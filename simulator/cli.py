@@ -107,9 +107,10 @@ def common_options(func: Callable) -> Callable:
                      help="Decode KV cache: concat copies each layer's cache per step (Hugging Face "
                           "DynamicCache); preallocated writes in place (static/paged caches)."),
         click.option("--no-context", "no_context", is_flag=True,
-                     help="Report plain sums of per-op times, without the profile's in-context "
-                          "factor (measured whole dense decoders / their op sums; column "
-                          "context_factor, 1 when the profile has no dense_decoder rows)."),
+                     help="Report plain sums of per-op times (on a GPU: kernel time, what a "
+                          "CUDA-graph-captured engine achieves), without the in-context model "
+                          "fitted to the profile's whole dense decoders (column context_factor = "
+                          "latency / op sum)."),
         click.option("--allow-roofline", is_flag=True,
                      help="Estimate ops missing from the profile (e.g. 2:4 GEMMs on a CPU profile) "
                           "by roofline instead of failing; such results are flagged extrapolated."),
@@ -287,8 +288,10 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     Every comma list makes a Cartesian sweep. Each prediction sums per-op latencies answered
     from the profile by exact hit, interpolation, or roofline (speed of light / utilization);
     the `path` column shows the mix, and EXTRAP flags any op outside the calibrated range.
-    Profiles that measured whole dense decoders scale the sum by the in-context factor
-    (column `ctx_x`): what a real model loses to cache misses, allocation and framework glue.
+    Profiles that measured whole dense decoders add what a real eager model loses beyond its
+    op sum (column `ctx_x` = latency / op sum): on a GPU, the host issuing every framework
+    op (a decode step at small batch waits on Python, not on the GPU); on a CPU, cache misses,
+    allocation and framework glue.
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
     time) and `flops_x` the FLOPs ratio.
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pis.profiles.schema import DECODER_OPS, STATUS_OK
+from pis.simulator.host import combine
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
 
@@ -53,6 +54,8 @@ class ContextPoint:
     length: int  # seq_len in prefill, context in decode
     measured_us: float
     predicted_us: float
+    #: framework ops the decoder issues per step (:mod:`pis.simulator.host`)
+    host_ops: float = 0.0
 
     @property
     def factor(self) -> float:
@@ -76,10 +79,15 @@ class ContextModel:
             phase = "prefill" if int(r.causal) else "decode"
             length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
             kv = kv_of[r.op]
-            pred = decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
+            pred, host_ops = decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
             self.points.setdefault((kv, dims), []).append(
-                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred))
+                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred, host_ops))
         self._interp: dict[tuple, object] = {}
+        #: CUDA: eager steps are bound by the host issuing ops (:mod:`pis.simulator.host`);
+        #: on a CPU the op timings already include their dispatch.
+        self.host_bound = est.is_cuda
+        self._overhead_us = est.overhead_us
+        self._host: dict[tuple, HostFit] = {}
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -91,6 +99,35 @@ class ContextModel:
             return None
         want = np.log([spec.hidden, spec.ffn])
         return min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
+
+    def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
+                   kv_cache: str = "concat") -> np.ndarray:
+        """In-context latency (µs) of design points whose op sum is ``op_sum_us``.
+
+        CUDA: the host-issue model, ``combine(u · host_ops, f · op_sum, p)`` fitted to the
+        profile's whole-decoder rows (:meth:`host_fit`). CPU: the op sum times the in-context
+        factor (:meth:`factor`).
+        """
+        if self.host_bound:
+            fit = self.host_fit(spec, pts.phase, kv_cache)
+            if fit is None:
+                return np.asarray(op_sum_us, dtype=np.float64)
+            return fit.latency_us(np.asarray(host_ops), np.asarray(op_sum_us))
+        return self.factor(spec, pts, kv_cache) * op_sum_us
+
+    def host_fit(self, spec: ModelSpec, phase: str, kv_cache: str = "concat") -> "HostFit | None":
+        """The host-issue model for ``spec``'s nearest measured decoder and ``phase``.
+
+        Without whole-decoder rows: the profile's ``overhead`` row as the host cost per op, no
+        device factor and a plain max, a floor (None when the profile has neither).
+        """
+        if not self._host:
+            self._host = fit_hosts(self.points)
+        dims = self.nearest_dims(spec, kv_cache)
+        fit = self._host.get((kv_cache, dims, phase)) if dims else None
+        if fit is None and self._overhead_us is not None:
+            fit = HostFit(self._overhead_us, 1.0, float("inf"), 0)
+        return fit
 
     def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat") -> np.ndarray:
         """The factor at every design point of ``pts`` (ones without calibrated rows)."""
@@ -138,9 +175,76 @@ class ContextModel:
         return out
 
 
+@dataclass(frozen=True)
+class HostFit:
+    """The host-issue model of one decoder shape and phase (:mod:`pis.simulator.host`)."""
+
+    #: host time per framework op, µs
+    us_per_op: float
+    #: device time in context / op sum (cache copies, allocator, kernels between the ops)
+    device_factor: float
+    #: sharpness of ``combine`` (inf: plain max)
+    p: float
+    #: whole-decoder rows it was fitted to (0: the profile's overhead row, a floor)
+    rows: int
+
+    def latency_us(self, host_ops: np.ndarray, op_sum_us: np.ndarray) -> np.ndarray:
+        """Step time of ``host_ops`` framework ops over ``op_sum_us`` of kernels."""
+        return combine(self.us_per_op * host_ops, self.device_factor * op_sum_us, self.p)
+
+
+#: Bounds of the fit: host µs per framework op, and the device factor.
+HOST_US_BOUNDS: tuple[float, float] = (0.5, 200.0)
+DEVICE_FACTOR_BOUNDS: tuple[float, float] = (0.5, 3.0)
+#: Candidate sharpness of the host/device combination; one per profile, the best fit.
+P_CANDIDATES: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+
+
+def _fit_one(cps: list[ContextPoint], p: float) -> tuple[HostFit, float]:
+    """(u, f) by least squares in log time at fixed ``p``; the fit and its squared residual."""
+    from scipy.optimize import least_squares
+
+    n = np.array([c.host_ops for c in cps])
+    d = np.array([c.predicted_us for c in cps])
+    m = np.array([c.measured_us for c in cps])
+    lo = np.log([HOST_US_BOUNDS[0], DEVICE_FACTOR_BOUNDS[0]])
+    hi = np.log([HOST_US_BOUNDS[1], DEVICE_FACTOR_BOUNDS[1]])
+    x0 = np.clip(np.log([float(np.min(m / n)), 1.0]), lo, hi)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.log(combine(np.exp(x[0]) * n, np.exp(x[1]) * d, p) / m)
+
+    res = least_squares(residual, x0, bounds=(lo, hi))
+    u, f = np.exp(res.x)
+    return HostFit(float(u), float(f), p, len(cps)), float(np.sum(res.fun ** 2))
+
+
+def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
+    """The host-issue model of every measured decoder shape and phase.
+
+    Per shape and phase, the host cost per op ``u`` and the device factor ``f`` are fitted by
+    least squares in log time to the whole-decoder rows, which range from host-bound (small
+    batch) to device-bound (large batch and context). How sharply host and device time combine
+    is a property of the machine: one ``p`` of :data:`P_CANDIDATES` for the whole profile,
+    the one with the least total residual. Deterministic (fixed start, scipy's trust-region
+    reflective solver).
+    """
+    groups = {(kv, dims, phase): [c for c in cps if c.phase == phase]
+              for (kv, dims), cps in points.items() for phase in ("prefill", "decode")}
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    best: tuple[float, dict[tuple, HostFit]] | None = None
+    for p in P_CANDIDATES:
+        fits = {k: _fit_one(cps, p) for k, cps in groups.items()}
+        sse = sum(r for _, r in fits.values())
+        if best is None or sse < best[0]:
+            best = (sse, {k: f for k, (f, _) in fits.items()})
+    return best[1] if best else {}
+
+
 def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
-                   kv_cache: str = "concat") -> float:
-    """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows."""
+                   kv_cache: str = "concat") -> tuple[float, float]:
+    """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows, and
+    the framework ops it issues per step."""
     from pis.simulator.pruning import PruneOptions, build_ops
     from pis.simulator.sweep import evaluate
 
@@ -148,4 +252,5 @@ def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, leng
     pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), 0.0)
     # The cache discipline of the executor that measured the row.
     groups = [g for g in build_ops("dense", spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != "lm_head"]
-    return float(evaluate(est, groups, 1).latency_us[0])
+    tot = evaluate(est, groups, 1)
+    return float(tot.latency_us[0]), float(tot.host_ops[0])

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from pis.simulator.host import HOST_OP
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import OpGroup, Points
 
@@ -41,6 +42,12 @@ def memop(name: str, op: str, numel: Arr, count: Arr, category: str) -> OpGroup:
 def topk(name: str, m: Arr, n: Arr, k: Arr, count: Arr) -> OpGroup:
     """``count`` top-k selections of ``k`` of ``n`` in each of ``m`` rows."""
     return OpGroup(name, "topk", {"m": _i(m), "n": _i(n), "k": _i(np.minimum(k, n))}, count, "routing")
+
+
+def host_glue(name: str, ops_per_call: Arr, count: Arr) -> OpGroup:
+    """``count`` stretches of framework work with no kernel of their own (a Python loop's
+    indexing, views and index tensors): ``ops_per_call`` host dispatches each, no device time."""
+    return OpGroup(name, HOST_OP, {}, count, "host", host_ops=np.asarray(ops_per_call, dtype=np.float64))
 
 
 def attention(name: str, pts: Points, count: Arr, *, batch: Arr, q_len: Arr, kv_len: Arr,

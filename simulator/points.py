@@ -75,8 +75,15 @@ class OpGroup:
     #: counts only; latency still comes from the full shape). Unstructured sparsity uses it:
     #: masked weights run dense kernels, but a perfect sparse kernel would do (1 - s) of the work.
     work_scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+    #: framework ops (host dispatches) one call issues; None: the op kind's default
+    #: (:data:`pis.simulator.host.HOST_OPS`)
+    host_ops: "np.ndarray | None" = None
 
     def __post_init__(self) -> None:
+        from pis.simulator.host import HOST_OPS
+
         object.__setattr__(self, "count", np.asarray(self.count, dtype=np.float64))
         object.__setattr__(self, "work_scale", np.asarray(self.work_scale, dtype=np.float64))
+        host = HOST_OPS.get(self.op, 1.0) if self.host_ops is None else self.host_ops
+        object.__setattr__(self, "host_ops", np.asarray(host, dtype=np.float64))
         object.__setattr__(self, "shape", {k: np.asarray(v) for k, v in self.shape.items()})

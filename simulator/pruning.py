@@ -18,7 +18,7 @@ import numpy as np
 from pis.errors import PisError
 from pis.simulator.models import ModelSpec
 from pis.simulator.opgraph import (Projector, attention, attention_block, dense_projector, ends,
-                                   gemm, memop, mlp_block, topk)
+                                   gemm, host_glue, memop, mlp_block, topk)
 from pis.simulator.points import OpGroup, Points
 
 
@@ -153,6 +153,21 @@ def static_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOp
     return attention_block(spec, pts, attn_kept.astype(float)) + mlp_block(spec, pts, mlp_kept.astype(float))
 
 
+# Host-only glue of the dynamic families' executors (pis's reference decoder), in framework
+# ops: the views, index tensors and loop bookkeeping that no op group's kernel covers. Counted
+# with a TorchDispatchMode on the executors (tests/test_host.py re-counts them), as the number
+# that makes each family's total match its executor relative to the dense reference decoder.
+#: per routed sublayer (router score views, index reshapes)
+ROUTING_GLUE: dict[str, float] = {"prefill": 11.0, "decode": 7.0}
+#: sparse-attention decode, per layer (block pooling views, score reshapes, index arithmetic)
+SPARSE_DECODE_GLUE: float = 20.0
+#: sparse-attention prefill, per layer: (fixed, per query block) of its block loop
+SPARSE_PREFILL_GLUE: tuple[float, float] = (26.0, 11.0)
+#: dynamic width, per layer and per group call: (per layer, per group run); decode builds an
+#: index tensor for every group each step, and counts a little less per group than the table
+WIDTH_GLUE: dict[str, tuple[float, float]] = {"prefill": (117.0, 0.0), "decode": (48.0, -2.0)}
+
+
 def dynamic_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOptions) -> list[OpGroup]:
     """Dynamic M (Mixture-of-Depths): a router per sublayer sends (1−s) of the tokens through it."""
     routed = n * (s > 0).astype(float)
@@ -173,6 +188,7 @@ def dynamic_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
         ops.append(memop(f"{block}_gather", "gather", t_k * spec.hidden, routed, "routing"))
     ops += attention_block(spec, pts, routed, tokens=t_k, residual="scatter_add", **attn)
     ops += mlp_block(spec, pts, routed, tokens=t_k, residual="scatter_add")
+    ops.append(host_glue("routing_glue", ROUTING_GLUE[pts.phase], 2 * routed))
     return ops
 
 
@@ -242,6 +258,13 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
     kept_blocks = np.maximum(1, _ceil((1.0 - s) * blocks))
     ops += [gemm("block_scores", rows, blocks, hd, c * on, category="routing"),
             topk("block_topk", rows, blocks, kept_blocks, c * on)]
+    if pts.phase == "prefill":
+        # No block-sparse kernel: a Python loop over the query blocks gathers each one's kept
+        # K/V blocks and runs a dense attention on them.
+        glue = SPARSE_PREFILL_GLUE[0] + SPARSE_PREFILL_GLUE[1] * blocks
+    else:
+        glue = np.full(len(pts), float(SPARSE_DECODE_GLUE))
+    ops.append(host_glue("block_glue", glue, c * on))
     return ops + mlp_block(spec, pts, c)
 
 
@@ -298,6 +321,9 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
                 memop("silu_mul", "silu_mul", t_g * fg, calls, "elementwise"),
                 gemm("down_proj", t_g, d_model, fg, calls),
                 memop("ffn_scatter", "scatter_add", t_g * d_model, calls, "routing")]
+    per_layer, per_group = WIDTH_GLUE[pts.phase]
+    runs = sum(calls for _, calls in _group_loads(pts, s, g, on) + _group_loads(pts, s, nf, on))
+    ops.append(host_glue("group_glue", 1.0, per_layer * on + per_group * runs))
     return ops
 
 

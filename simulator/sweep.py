@@ -17,6 +17,7 @@ import pandas as pd
 from pis.profiles.schema import op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
+from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import OpGroup, Points
 from pis.simulator.pruning import PruneOptions, build_ops
@@ -43,6 +44,8 @@ class Totals:
     by_source_us: np.ndarray
     #: latency per breakdown category, in µs
     by_category_us: dict[str, np.ndarray] = field(default_factory=dict)
+    #: framework ops the host issues for one forward pass (:mod:`pis.simulator.host`)
+    host_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
 
 
 def _broadcast_shape(group: OpGroup, n: int) -> dict[str, np.ndarray]:
@@ -52,11 +55,15 @@ def _broadcast_shape(group: OpGroup, n: int) -> dict[str, np.ndarray]:
 def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
     """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points."""
     zeros = lambda: np.zeros(n)  # noqa: E731 - tiny local factory
-    tot = Totals(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)))
+    tot = Totals(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
+                 host_ops=np.full(n, STEP_HOST_OPS))
     dtype = est.dtype
     for g in groups:
         count = np.broadcast_to(g.count, (n,))
         if not count.any():
+            continue
+        tot.host_ops += count * g.host_ops
+        if g.op == HOST_OP:  # framework glue: no kernel, no device time
             continue
         shape = _broadcast_shape(g, n)
         pred = est.predict(g.op, shape)
@@ -94,14 +101,23 @@ def simulate_point(estimator_or_profile: "Estimator | Profile", spec: ModelSpec,
 def _select(tot: Totals, mask: np.ndarray) -> Totals:
     return Totals(tot.latency_us[mask], tot.flops[mask], tot.bytes[mask], tot.sol_us[mask],
                   tot.extrapolated[mask], tot.by_source_us[:, mask],
-                  {k: np.broadcast_to(v, mask.shape)[mask] for k, v in tot.by_category_us.items()})
+                  {k: np.broadcast_to(v, mask.shape)[mask] for k, v in tot.by_category_us.items()},
+                  tot.host_ops[mask])
+
+
+def _in_context(est: Estimator, spec: ModelSpec, pts: Points, tot: Totals, opts: PruneOptions,
+                in_context: bool) -> np.ndarray:
+    """Latency in µs of ``tot``: the op sum, or with ``in_context`` what the profile's
+    whole-decoder rows say a real decoder adds to it (:mod:`pis.simulator.context`)."""
+    if not in_context:
+        return tot.latency_us
+    return est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, opts.kv_cache)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,
-           breakdown: bool, factor: np.ndarray) -> pd.DataFrame:
-    # The in-context factor scales dense and pruned alike (same tokens, batch and context).
-    lat = factor * tot.latency_us / 1e3
-    dense_lat = factor * dense.latency_us / 1e3
+           breakdown: bool, lat_us: np.ndarray, dense_lat_us: np.ndarray) -> pd.DataFrame:
+    lat = lat_us / 1e3
+    dense_lat = dense_lat_us / 1e3
     src = tot.by_source_us / np.maximum(tot.latency_us, 1e-30)
     data = {
         "model": spec.name, "method": method, "sparsity": pts.sparsity, "phase": pts.phase,
@@ -113,7 +129,7 @@ def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals
         "flops": tot.flops, "bytes": tot.bytes, "sol_ms": tot.sol_us / 1e3,
         "extrapolated": tot.extrapolated | dense.extrapolated,
         "frac_exact": src[0], "frac_interp": src[1], "frac_roofline": src[2],
-        "context_factor": factor,
+        "context_factor": lat_us / np.maximum(tot.latency_us, 1e-30),
     }
     df = pd.DataFrame(data)
     if breakdown:
@@ -141,16 +157,18 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
         grid = np.array(list(itertools.product(sparsities, batches, seq_lens, contexts)), dtype=np.float64)
         pts = Points.make(phase, grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 0])
         dense = simulate_points(est, spec, "dense", pts, opts)
-        factor = est.context.factor(spec, pts, opts.kv_cache) if in_context else np.ones(len(pts))
+        dense_lat = _in_context(est, spec, pts, dense, opts, in_context)
         for method in methods:
             if method == "dense":
                 # Dense ignores sparsity: one row per (batch, seq, context), reported at s = 0.
                 first = pts.sparsity == pts.sparsity[0]
                 d_pts = Points.make(phase, pts.batch[first], pts.seq_len[first], pts.context[first], 0.0)
                 d_tot = _select(dense, first)
-                frames.append(_frame(spec, method, d_pts, d_tot, d_tot, breakdown, factor[first]))
+                frames.append(_frame(spec, method, d_pts, d_tot, d_tot, breakdown, dense_lat[first],
+                                     dense_lat[first]))
                 continue
             tot = simulate_points(est, spec, method, pts, opts)
-            frames.append(_frame(spec, method, pts, tot, dense, breakdown, factor))
+            lat = _in_context(est, spec, pts, tot, opts, in_context)
+            frames.append(_frame(spec, method, pts, tot, dense, breakdown, lat, dense_lat))
     df = pd.concat(frames, ignore_index=True)
     return df.fillna({c: 0.0 for c in df.columns if c.startswith("t_")})

@@ -38,10 +38,10 @@ def _with_decoders(synthetic, decode: dict | None = None) -> Profile:
     spec = ModelSpec("d", vocab=1, **DIMS)
     rows = []
     for tokens, f in PREFILL.items():
-        t = f * decoder_op_sum(est, spec, "prefill", 1, tokens)
+        t = f * decoder_op_sum(est, spec, "prefill", 1, tokens)[0]
         rows.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1, median_us=t))
     for (b, c), f in decode.items():
-        t = f * decoder_op_sum(est, spec, "decode", b, c)
+        t = f * decoder_op_sum(est, spec, "decode", b, c)[0]
         rows.append(dict(batch=b, q_len=1, kv_len=c, causal=0, median_us=t))
     df = pd.DataFrame(rows).assign(op="dense_decoder", dtype="bf16", repeats=10, status="ok",
                                    backend="test", **DIMS)
@@ -129,7 +129,7 @@ def test_nearest_decoder_shape_is_used(ctx_est):
 def test_op_sum_is_the_dense_decoder_without_lm_head(synthetic):
     est = Estimator(synthetic.profile)
     spec = SPEC.with_options(layers=2)
-    no_head = decoder_op_sum(est, spec, "prefill", 2, 256)
+    no_head = decoder_op_sum(est, spec, "prefill", 2, 256)[0]
     full = sweep(est, [spec], ["dense"], [0.0], ["prefill"], [2], [256], [1], in_context=False)
     head = float(est.predict("gemm", {"m": 2, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
     assert no_head / 1e3 == pytest.approx(full["latency_ms"].iloc[0] - head, rel=1e-9)

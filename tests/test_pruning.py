@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pis.errors import PisError
 from pis.profiles.schema import op_flops
+from pis.simulator.host import HOST_OP
 from pis.simulator.estimator import Estimator
 from pis.simulator.models import PRESETS, ModelSpec, load_model
 from pis.simulator.points import Points
@@ -25,6 +26,8 @@ def total_flops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | 
     n = len(pts)
     out = np.zeros(n)
     for g in build_ops(method, spec, pts, opts):
+        if g.op == HOST_OP:  # framework glue: no kernel, no FLOPs
+            continue
         shape = {k: np.broadcast_to(v, (n,)) for k, v in g.shape.items()}
         out += np.broadcast_to(g.count * g.work_scale, (n,)) * op_flops(g.op, shape)
     return out
