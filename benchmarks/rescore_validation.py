@@ -4,7 +4,7 @@ Measurements are expensive (a GPU lease); predictions are not. This keeps each r
 measured_ms and recomputes predicted_ms and error_pct for the same configurations, so a
 simulator change can be scored against GPU measurements taken earlier, on a machine with no GPU.
 
-    python benchmarks/rescore_validation.py REPORT.csv --profile h200 [--suite quick] [--device cuda]
+    python benchmarks/rescore_validation.py REPORT.csv --profile h100 [--suite full] [--device cuda] [--out R.csv]
 
 The configurations are matched by their label (the report's ``config`` column) in the suite
 the report was made with.
@@ -13,12 +13,13 @@ the report was made with.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pis.calibrate.validate import error_pct, predict, suite_configs
+from pis.calibrate.validate import error_pct, predict, suite_configs, summarize
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.estimator import Estimator
@@ -30,7 +31,10 @@ def main() -> None:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--suite", default="quick")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--out", help="write the rescored report (CSV); refuses to overwrite a file")
     args = ap.parse_args()
+    if args.out and Path(args.out).exists():
+        ap.error(f"{args.out} exists; choose another --out")
 
     df = pd.read_csv(args.report)
     configs = {c.label: c for c in suite_configs(args.suite, torch.device(args.device))}
@@ -41,13 +45,21 @@ def main() -> None:
         if cfg is None or not np.isfinite(r.measured_ms):
             continue
         pred, extrap, factor = predict(est, cfg)
-        rows.append(dict(config=r.config, measured_ms=r.measured_ms, predicted_ms=pred,
-                         error_pct=error_pct(pred, r.measured_ms), context_factor=factor,
+        rows.append(dict(config=r.config, method=cfg.method, phase=cfg.phase, status="ok",
+                         measured_ms=r.measured_ms, predicted_ms=pred,
+                         error_pct=error_pct(pred, r.measured_ms), predicted_ops_ms=pred / factor,
+                         ops_error_pct=error_pct(pred / factor, r.measured_ms), context_factor=factor,
                          extrapolated=extrap))
     out = pd.DataFrame(rows)
-    print(out.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    show = ["config", "measured_ms", "predicted_ms", "error_pct", "context_factor", "extrapolated"]
+    print(out[show].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print()
+    print(summarize(out).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     err = out["error_pct"].abs()
     print(f"\n{len(out)} configurations: median |error| {err.median():.1f} %, max {err.max():.1f} %")
+    if args.out:
+        out.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
