@@ -139,7 +139,7 @@ def measure_point(p: Point, dtype: str, device: torch.device, timer: Timer,
             row.update(median_us=med * 1e3, p10_us=p10 * 1e3, p90_us=p90 * 1e3, repeats=n,
                        status=STATUS_OK, backend=bench.backend)
         else:
-            t = timer.measure(bench.fn, inner=bench.inner, wall=bench.wall)
+            t = timer.measure(bench.fn, inner=bench.inner, wall=bench.wall, graphs=bench.graphs)
             row.update(median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us, repeats=t.repeats,
                        status=STATUS_OK, backend=bench.backend + ("+graph" if t.graph else ""))
     except ops.Unsupported as err:

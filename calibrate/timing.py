@@ -99,8 +99,9 @@ class Timer:
     def __init__(self, config: TimingConfig) -> None:
         self.config = config
 
-    def measure(self, fn: Fn, *, inner: int = 1, wall: bool = False) -> Timing:
-        """Time ``fn``; with ``wall=True`` each sample is one call's wall time over ``inner``."""
+    def measure(self, fn: Fn, *, inner: int = 1, wall: bool = False, graphs: bool = True) -> Timing:
+        """Time ``fn``; with ``wall=True`` each sample is one call's wall time over ``inner``;
+        ``graphs=False`` times it eagerly even when the config replays CUDA graphs."""
         cfg = self.config
         if wall:
             run = self._prepare(fn, graphs=False)
@@ -109,7 +110,7 @@ class Timer:
             est = self._wall_sample(run, inner) * inner
             n = self._repeats(est)
             return summarize([self._wall_sample(run, inner) for _ in range(n)])
-        run = self._prepare(fn, graphs=cfg.cuda_graphs)
+        run = self._prepare(fn, graphs=cfg.cuda_graphs and graphs)
         graph = run is not fn
         for _ in range(cfg.warmup):
             run()

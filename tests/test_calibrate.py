@@ -455,3 +455,27 @@ def test_recheck_remeasures_a_point_hit_by_interference():
     assert ckpt.new[0]["median_us"] < 7000.0 and ckpt.new[0]["status"] == "ok"
     assert ckpt.new[1]["median_us"] == 28.0  # untouched
     assert "re-measuring 1 point" in said[0]
+
+
+def test_benches_that_opt_out_of_graphs_are_timed_eagerly(monkeypatch):
+    # 2:4 linears pay host work that a CUDA-graph replay would hide: their Bench says graphs=False,
+    # and the timer then never prepares a graph, whatever the config asks.
+    asked = []
+
+    class Recording(CpuTimer):
+        def _prepare(self, fn, graphs):
+            asked.append(graphs)
+            return fn
+
+    timer = Recording(TimingConfig(cuda_graphs=True, min_repeats=3, max_repeats=3, warmup=1))
+    timer.measure(lambda: None)
+    timer.measure(lambda: None, graphs=False)
+    assert asked == [True, False]
+    seen = {}
+    monkeypatch.setattr(ops, "build", lambda op, shape, dtype, device: ops.Bench(lambda: None, "fake", graphs=False))
+    monkeypatch.setattr(Recording, "measure", lambda self, fn, **kw: seen.update(kw) or summarize([1e-6] * 3))
+    from pis.calibrate.grid import point
+    from pis.calibrate.runner import measure_point
+
+    row = measure_point(point("gemm", m=1, n=8, k=8), "fp32", torch.device("cpu"), timer)
+    assert row["status"] == STATUS_OK and seen["graphs"] is False
