@@ -322,7 +322,7 @@ def _free(device: torch.device) -> None:
 def summarize(report: pd.DataFrame) -> pd.DataFrame:
     """Median and max |error| per family and phase, plus an overall row (ok rows only).
 
-    ``*_abs_error_pct`` score the prediction (op sum × in-context factor); ``ops_*`` score the
+    ``*_abs_error_pct`` score the prediction (the op sum in context); ``ops_*`` score the
     plain op sum, so the report shows what the factor contributes.
     """
     ok = report[report["status"] == "ok"].copy()

@@ -109,8 +109,9 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
     given context (TPOT). error_pct = (predicted - measured) / measured * 100; the prediction is
-    the op sum times the profile's in-context factor ctx_x (1 for profiles without whole-decoder
-    rows), and ops_error_pct scores the plain op sum.
+    the op sum with what the profile's whole-decoder rows add to it (ctx_x = prediction / op
+    sum: the host-issue model on a GPU, the in-context factor on a CPU; 1 for profiles without
+    those rows), and ops_error_pct scores the plain op sum.
     """
     if profile and do_calibrate:
         raise PisError("pass either --profile or --calibrate, not both")

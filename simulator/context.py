@@ -22,6 +22,10 @@ prefill, in batch and context for decode), clamped to the calibrated range — f
 pruned models alike, so speedups keep coming from the op graph while absolute latencies
 include what the op graph cannot see.
 Profiles without such rows (all v1 profiles) get a factor of 1.
+
+That law is for CPUs. On a GPU what the op sum misses is mostly the host issuing framework
+ops, which scales with the number of ops, not with kernel time, so CUDA profiles use the same
+rows to fit the host-issue model instead (:func:`fit_hosts`, :mod:`pis.simulator.host`).
 """
 
 from __future__ import annotations
