@@ -392,7 +392,10 @@ def test_ctrl_c_saves_what_is_measured(tmp_path):
     out = tmp_path / "interrupted.parquet"
     cmd = [sys.executable, "-m", "pis.calibrate.cli", "--device", "cpu", "--grid", "tiny", "--out", str(out),
            "--threads", "1", "--checkpoint-every", "3", "--point-delay", "0.1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs with `&` and no job control makes them ignore SIGINT, and Python
+    # keeps an inherited "ignore": restore the default so the child gets its KeyboardInterrupt.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and proc.poll() is None and not out.exists():
