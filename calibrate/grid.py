@@ -22,11 +22,12 @@ Point counts (no ``--model``) and run times:
 =========  =====  ======  ==============================================================
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
-tiny       49     50      seconds (tests)
-quick      902    2230    CPU ~170 s on the 2-core CI machine (3 min 47 s, 2690 points, with
-                          the CPU validation model as --model); H200 142 s (an older grid)
-default    2747   11062   CPU 6 min 47 s on the 2-core CI machine; GPU ~25 min (estimated)
-full       8573   26307   estimated: CPU ~45 min, GPU ~2 h
+tiny       50     51      seconds (tests)
+quick      903    2231    CPU ~170 s on the 2-core CI machine (3 min 47 s, 2691 points, with
+                          the CPU validation model as --model); H100 323 s with
+                          --model llama-3.1-8b (5968 points)
+default    2748   11063   CPU 6 min 47 s on the 2-core CI machine; GPU ~25 min (estimated)
+full       8574   26308   estimated: CPU ~45 min, GPU ~2 h
 =========  =====  ======  ==============================================================
 
 Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 38 on CPU, 32 on
@@ -317,7 +318,7 @@ def live_bytes(op: str, shape: dict[str, int], dtype: str) -> float:
         return float(op_bytes(op, shape, dtype)) + min(scores, 2e9)
     if op == "topk":
         return e * shape["m"] * shape["n"] * 2
-    if op == "overhead":
+    if op in ("overhead", "host_glue"):
         return 0.0
     return 4.0 * e * shape["numel"]  # inputs, output and the 2x tables of gather/scatter
 
@@ -327,7 +328,7 @@ def _gemm_points(spec: GridSpec, pairs: Iterable[tuple[int, int]], ms: Iterable[
 
 
 def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, int]]) -> list[Point]:
-    pts: list[Point] = [point("overhead")]
+    pts: list[Point] = [point("overhead"), point("host_glue")]
     pairs = list(itertools.product(spec.gemm_n, spec.gemm_k)) + list(spec.gemm_extra)
     pts += _gemm_points(spec, pairs, spec.gemm_m)
     pts += _gemm_points(spec, itertools.product(spec.wide_n, spec.wide_k), spec.wide_m)
@@ -351,7 +352,7 @@ def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, i
 def _tier(p: Point) -> int:
     """0 = measure first. Decode needs overhead, small-M GEMMs, norms/elementwise, decode attention."""
     s = p.shape_dict
-    if p.op == "overhead":
+    if p.op in ("overhead", "host_glue"):
         return 0
     if p.op in CONTEXT_OPS:
         # Few (tens) but they set every prediction's in-context factor: a run cut short by
@@ -385,8 +386,14 @@ class Grid:
 
 
 def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tuple[int, int]] = (),
-               model_name: str | None = None, model_dims: dict[str, int] | None = None) -> Grid:
-    """The deduplicated, capped and importance-ordered points of grid ``name``."""
+               model_name: str | None = None, model_dims: dict[str, int] | None = None,
+               only: Sequence[str] | None = None) -> Grid:
+    """The deduplicated, capped and importance-ordered points of grid ``name``; with ``only``,
+    just those ops' points (to add or redo some ops of a profile, then ``pis-profile merge``)."""
+    if only is not None:
+        unknown = sorted(set(only) - set(OPS))
+        if unknown or not only:
+            raise PisError(f"--only: unknown op(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(OPS)}")
     spec = grid_spec(name, device_kind)
     seen: set[Point] = set()
     kept: list[Point] = []
@@ -395,8 +402,10 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
         if p in seen:
             continue
         seen.add(p)
+        if only is not None and p.op not in only:
+            continue
         s = p.shape_dict
-        if p.op != "overhead" and p.op not in CONTEXT_OPS:
+        if p.shape and p.op not in CONTEXT_OPS:
             if float(op_flops(p.op, s)) > spec.max_flops or live_bytes(p.op, s, dtype) > spec.max_bytes:
                 continue
         kept.append(p)
@@ -409,6 +418,8 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
     if model_name:
         params["model"] = model_name
         params["model_pairs"] = len(model_pairs)
+    if only is not None:
+        params["only"] = sorted(set(only))
     return Grid(name, device_kind, tuple(kept), params)
 
 

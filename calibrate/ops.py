@@ -23,6 +23,9 @@ with the same meaning of the shape columns as the schema:
 * ``kv_concat(numel)``: ``torch.cat([cache, new_token])`` copying numel cached elements.
 * ``overhead``: wall time per call of a stream of tiny ops (one-element ``add``), i.e. the rate
   at which eager PyTorch issues ops; on CUDA this is the per-op launch floor.
+* ``host_glue``: wall time per framework op of the glue a routing loop issues between its
+  kernels (view, transpose, unsqueeze, select, slice, reshape, an index tensor built from a
+  Python list, a small ``index_select``), the mix pis's reference decoder's loops run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ ROPE_DIM = 128
 KV_ROW = 128
 #: Tiny ops issued per sample of the overhead op.
 OVERHEAD_INNER = 200
+#: Rounds of the glue mix per sample of the host_glue op, and framework ops per round
+#: (torch.tensor from a list is two: the tensor and its copy to the device).
+GLUE_ROUNDS = 25
+GLUE_OPS_PER_ROUND = 9
 
 
 class Unsupported(Exception):
@@ -464,6 +471,24 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
     return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
+def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    x = _rand(4, 8, 16, dtype=dtype, device=device)
+    rows = [0, 2, 3]
+
+    def fn() -> None:
+        for _ in range(GLUE_ROUNDS):
+            x.view(4, 128)
+            x.transpose(1, 2)
+            x.unsqueeze(0)
+            x.select(0, 1)
+            x[:, 2:6]
+            x.reshape(32, 16)
+            idx = torch.tensor(rows, dtype=torch.long, device=device)
+            x.index_select(0, idx)
+
+    return Bench(fn, _prefix(device) + "glue", inner=GLUE_ROUNDS * GLUE_OPS_PER_ROUND, wall=True)
+
+
 BUILDERS: dict[str, Builder] = {
     "gemm": build_gemm,
     "gemm_2to4": build_gemm_2to4,
@@ -480,6 +505,7 @@ BUILDERS: dict[str, Builder] = {
     "dense_decoder": build_dense_decoder,
     "dense_decoder_prealloc": build_dense_decoder_prealloc,
     "overhead": build_overhead,
+    "host_glue": build_host_glue,
 }
 assert set(BUILDERS) == set(OPS), "every schema op needs a builder"
 

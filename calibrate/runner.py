@@ -52,6 +52,8 @@ class RunOptions:
     checkpoint_every: int = 50
     checkpoint_seconds: float = 20.0
     progress: bool = True
+    #: measure only these ops of the grid (None: all)
+    only: tuple[str, ...] | None = None
     #: testing aid: sleep after every point (lets a test kill the run mid-way)
     point_delay_s: float = 0.0
 
@@ -226,7 +228,7 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
         model_meta = {"model": name, "dims": dims, "pairs": [list(p) for p in pairs],
                       "sparsities": list(MODEL_SPARSITIES), "align": MODEL_ALIGN}
     grid = build_grid(opts.grid, device.type, dtype, pairs, model_meta["model"] if model_meta else None,
-                      model_meta["dims"] if model_meta else None)
+                      model_meta["dims"] if model_meta else None, opts.only)
     tcfg = timing_config(opts.grid, device.type, opts.cuda_graphs)
 
     timer = make_timer(device, tcfg)

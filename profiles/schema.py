@@ -184,6 +184,9 @@ OPS: dict[str, OpKind] = {
                _decoder_flops, _decoder_bytes),
         OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
                _zero, lambda s, e: _zero(s)),
+        OpKind("host_glue", (), "host time per framework op of an eager loop's glue (views, "
+               "slices, small index tensors, index_select): what a Python loop adds between kernels",
+               _zero, lambda s, e: _zero(s)),
     )
 }
 

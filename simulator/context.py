@@ -91,6 +91,8 @@ class ContextModel:
         #: on a CPU the op timings already include their dispatch.
         self.host_bound = est.is_cuda
         self._overhead_us = est.overhead_us
+        # Without a measured host_glue row, the per-op dispatch floor (or nothing).
+        self._glue_us = est.host_glue_us if est.host_glue_us is not None else (est.overhead_us or 0.0)
         self._host: dict[tuple, HostFit] = {}
 
     def __bool__(self) -> bool:
@@ -105,19 +107,22 @@ class ContextModel:
         return min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
-                   kv_cache: str = "concat") -> np.ndarray:
+                   kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0) -> np.ndarray:
         """In-context latency (µs) of design points whose op sum is ``op_sum_us``.
 
         CUDA: the host-issue model, ``combine(u · host_ops, f · op_sum, p)`` fitted to the
         profile's whole-decoder rows (:meth:`host_fit`). CPU: the op sum times the in-context
-        factor (:meth:`factor`).
+        factor (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and
+        index tensors, in no op's timing) at the profile's measured ``host_glue`` µs per op;
+        the host and the device are one there, so the glue adds to the step.
         """
         if self.host_bound:
             fit = self.host_fit(spec, pts.phase, kv_cache)
             if fit is None:
                 return np.asarray(op_sum_us, dtype=np.float64)
             return fit.latency_us(np.asarray(host_ops), np.asarray(op_sum_us))
-        return self.factor(spec, pts, kv_cache) * op_sum_us
+        glue = self._glue_us * np.asarray(glue_ops, dtype=np.float64)
+        return self.factor(spec, pts, kv_cache) * op_sum_us + glue
 
     def host_fit(self, spec: ModelSpec, phase: str, kv_cache: str = "concat") -> "HostFit | None":
         """The host-issue model for ``spec``'s nearest measured decoder and ``phase``.

@@ -109,6 +109,9 @@ class Estimator:
         ov = self._rows.get("overhead")
         #: median per-op launch/dispatch overhead in µs (None: the profile has no overhead rows)
         self.overhead_us: float | None = float(np.median(ov.times)) if ov is not None else None
+        glue = self._rows.get("host_glue")
+        #: median host time per framework op of loop glue in µs (None: not measured)
+        self.host_glue_us: float | None = float(np.median(glue.times)) if glue is not None else None
         #: utilization assumed for ops the profile lacks (median GEMM utilization)
         self.default_utilization = self._default_utilization()
         self._models: dict[str, _OpModel] = {}

@@ -46,6 +46,8 @@ class Totals:
     by_category_us: dict[str, np.ndarray] = field(default_factory=dict)
     #: framework ops the host issues for one forward pass (:mod:`pis.simulator.host`)
     host_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: of those, the ops of host-only glue groups (no kernel, in no op's timing)
+    glue_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
 
 
 def _broadcast_shape(group: OpGroup, n: int) -> dict[str, np.ndarray]:
@@ -56,7 +58,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
     """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points."""
     zeros = lambda: np.zeros(n)  # noqa: E731 - tiny local factory
     tot = Totals(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
-                 host_ops=np.full(n, STEP_HOST_OPS))
+                 host_ops=np.full(n, STEP_HOST_OPS), glue_ops=np.zeros(n))
     dtype = est.dtype
     for g in groups:
         count = np.broadcast_to(g.count, (n,))
@@ -64,6 +66,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
             continue
         tot.host_ops += count * g.host_ops
         if g.op == HOST_OP:  # framework glue: no kernel, no device time
+            tot.glue_ops += count * g.host_ops
             continue
         shape = _broadcast_shape(g, n)
         pred = est.predict(g.op, shape)
@@ -102,7 +105,7 @@ def _select(tot: Totals, mask: np.ndarray) -> Totals:
     return Totals(tot.latency_us[mask], tot.flops[mask], tot.bytes[mask], tot.sol_us[mask],
                   tot.extrapolated[mask], tot.by_source_us[:, mask],
                   {k: np.broadcast_to(v, mask.shape)[mask] for k, v in tot.by_category_us.items()},
-                  tot.host_ops[mask])
+                  tot.host_ops[mask], tot.glue_ops[mask])
 
 
 def _in_context(est: Estimator, spec: ModelSpec, pts: Points, tot: Totals, opts: PruneOptions,
@@ -111,7 +114,7 @@ def _in_context(est: Estimator, spec: ModelSpec, pts: Points, tot: Totals, opts:
     whole-decoder rows say a real decoder adds to it (:mod:`pis.simulator.context`)."""
     if not in_context:
         return tot.latency_us
-    return est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, opts.kv_cache)
+    return est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, opts.kv_cache, tot.glue_ops)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,

@@ -482,3 +482,24 @@ def test_benches_that_opt_out_of_graphs_are_timed_eagerly(monkeypatch):
 
     row = measure_point(point("gemm", m=1, n=8, k=8), "fp32", torch.device("cpu"), timer)
     assert row["status"] == STATUS_OK and seen["graphs"] is False
+
+
+def test_only_measures_the_named_ops_and_rejects_unknown_ones(tmp_path):
+    grid = build_grid("tiny", "cpu", "fp32", only=["host_glue", "overhead"])
+    assert [p.op for p in grid.points] == ["overhead", "host_glue"]
+    assert grid.params["only"] == ["host_glue", "overhead"]
+    assert grid.params["points_sha256"] != build_grid("tiny", "cpu", "fp32").params["points_sha256"]
+    out = tmp_path / "glue.parquet"
+    result = run_cli("--device", "cpu", "--grid", "tiny", "--only", "host_glue", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = read_profile(out).rows
+    assert list(rows["op"]) == ["host_glue"] and 0 < float(rows["median_us"].iloc[0]) < 1000
+    bad = run_cli("--device", "cpu", "--grid", "tiny", "--only", "gemm,warp_drive", "--out", tmp_path / "x.parquet")
+    assert bad.exit_code == 2 and "warp_drive" in bad.output and "Traceback" not in bad.output
+
+
+def test_every_grid_measures_host_glue_first():
+    for name in GRID_NAMES:
+        for kind in ("cpu", "cuda"):
+            ops_ = [p.op for p in build_grid(name, kind, "fp32" if kind == "cpu" else "bf16").points]
+            assert ops_[:2] == ["overhead", "host_glue"]

@@ -133,3 +133,24 @@ def test_cpu_profiles_keep_the_factor_law():
     tot = evaluate(est, build_ops("dense", spec, pts, PruneOptions()), 1)
     got = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops)
     assert np.allclose(got, est.context.factor(spec, pts) * tot.latency_us)
+
+
+def test_cpu_glue_adds_its_measured_host_time(make_synthetic):
+    # A CPU profile with a host_glue row: a routing loop's host-only ops add glue µs each.
+    prof = make_synthetic("cpu").profile
+    est = Estimator(prof)
+    spec = PRESETS["llama-3.1-8b"]
+    pts = Points.make("prefill", np.array([1]), np.array([256]), np.array([1]), 0.5)
+    tot = evaluate(est, build_ops("dynamic-width", spec, pts, PruneOptions()), 1)
+    assert tot.glue_ops[0] == 117 * spec.layers  # WIDTH_GLUE["prefill"] per layer
+    base = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops)
+    with_glue = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, glue_ops=tot.glue_ops)
+    glue_us = est.host_glue_us if est.host_glue_us is not None else est.overhead_us
+    assert glue_us and np.allclose(with_glue - base, glue_us * tot.glue_ops)
+
+
+def test_shipped_cpu_profile_has_a_measured_glue_cost():
+    est = Estimator(load_profile(resolve_profile("cpu-2core")))
+    assert est.host_glue_us is not None and est.overhead_us is not None
+    # A glue op (views, slices, an index tensor from a list) costs more than a bare dispatch.
+    assert est.host_glue_us > est.overhead_us
