@@ -263,12 +263,16 @@ def _describe(path: str, p: Profile) -> dict[str, Any]:
 @click.option("-o", "--output", "output", required=True, help="Merged profile to write.")
 @click.option("--force", is_flag=True,
               help="Merge different devices/dtypes, and overwrite OUTPUT if it exists.")
+@click.option("--prefer", type=click.Choice(["a", "b"]), default=None,
+              help="A point both measured keeps this profile's measurement (e.g. B re-measured "
+                   "some ops with `pis-calibrate --only`).")
 @handle_errors
-def merge(a: str, b: str, output: str, force: bool) -> None:
+def merge(a: str, b: str, output: str, force: bool, prefer: str | None) -> None:
     """Merge profiles A and B into OUTPUT (written atomically).
 
     A point both measured keeps the measurement with more repeats (tie: lower p90-p10
-    spread; then A). A measured point always beats a skipped one.
+    spread; then A), or with --prefer the named profile's. A measured point always beats a
+    skipped one.
     """
     out = Path(output)
     if out.exists() and not force:
@@ -279,28 +283,31 @@ def merge(a: str, b: str, output: str, force: bool) -> None:
         if va != vb and not force:
             raise PisError(f"{a} and {b} differ in {key} ({va!r} vs {vb!r}); "
                            f"pass --force to merge them anyway")
-    merged, stats = merge_profiles(pa, pb, [a, b])
+    merged, stats = merge_profiles(pa, pb, [a, b], prefer={"a": 0, "b": 1}.get(prefer or ""))
     write_profile(merged, out)
     click.echo(f"merged {a} ({len(pa.rows)} rows) + {b} ({len(pb.rows)} rows) -> {output}: "
                f"{len(merged.rows)} rows; {stats['conflicts']} points in both "
                f"({stats['kept_a']} kept from A, {stats['kept_b']} from B)")
 
 
-def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B")) -> tuple[Profile, dict[str, int]]:
-    """Union of two profiles' rows, one row per key (see ``merge``), with provenance metadata."""
+def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B"),
+                   prefer: int | None = None) -> tuple[Profile, dict[str, int]]:
+    """Union of two profiles' rows, one row per key (see ``merge``), with provenance metadata;
+    ``prefer`` (0 = A, 1 = B) wins every point both measured."""
     ra, rb = pa.rows.assign(_src=0), pb.rows.assign(_src=1)
     rows = pd.concat([ra, rb], ignore_index=True)
     rows["_ok"] = (rows["status"] == STATUS_OK).astype(int)
+    rows["_pref"] = (rows["_src"] == prefer).astype(int) if prefer is not None else 0
     rows["_rep"] = rows["repeats"].astype("Float64").fillna(-1.0).astype(float)
     rows["_spread"] = (rows["p90_us"] - rows["p10_us"]).fillna(math.inf)
-    ranked = rows.sort_values(["_ok", "_rep", "_spread", "_src"], ascending=[False, False, True, True],
-                              kind="stable")
+    ranked = rows.sort_values(["_ok", "_pref", "_rep", "_spread", "_src"],
+                              ascending=[False, False, False, True, True], kind="stable")
     dup = ranked.duplicated(subset=list(KEY_COLUMNS), keep=False)
     winners = ranked.drop_duplicates(subset=list(KEY_COLUMNS), keep="first")
     conflicts = winners[winners.index.isin(ranked.index[dup])]
     stats = {"conflicts": int(len(conflicts)), "kept_a": int((conflicts["_src"] == 0).sum()),
              "kept_b": int((conflicts["_src"] == 1).sum())}
-    keep = winners.sort_index().drop(columns=["_src", "_ok", "_rep", "_spread"]).reset_index(drop=True)
+    keep = winners.sort_index().drop(columns=["_src", "_ok", "_pref", "_rep", "_spread"]).reset_index(drop=True)
 
     ma, mb = pa.meta, pb.meta
     meta = dict(ma)

@@ -186,6 +186,34 @@ def test_merge_resolves_conflicts_by_repeats_then_spread(synthetic, tmp_path):
     assert run("validate", out).exit_code == 0
 
 
+def test_merge_prefer_b_takes_every_point_b_measured(synthetic, tmp_path):
+    prof = synthetic.profile
+
+    def b_edit(r: pd.DataFrame) -> pd.DataFrame:
+        r = r[_gemm(r) & (r["m"] <= 2)].copy()
+        r[["median_us", "p10_us", "p90_us"]] *= 3.0
+        r["repeats"] = 1  # fewer repeats: without --prefer, A would win
+        return r
+
+    a = variant(prof, tmp_path / "a.parquet")
+    b = variant(prof, tmp_path / "b.parquet", b_edit)
+    out = tmp_path / "merged.parquet"
+    result = run("merge", a, b, "-o", out, "--prefer", "b")
+    assert result.exit_code == 0, result.output
+    rows = read_profile(out).rows
+    g = _gemm(rows)
+    orig = prof.rows[_gemm(prof.rows)].set_index(["m", "n", "k"])["median_us"]
+    got = rows[g].set_index(["m", "n", "k"])["median_us"]
+    small = got.index.get_level_values("m") <= 2
+    np.testing.assert_allclose(got[small], 3.0 * orig.loc[got[small].index])
+    np.testing.assert_allclose(got[~small], orig.loc[got[~small].index])
+    assert len(rows) == len(prof.rows)
+    plain = tmp_path / "plain.parquet"
+    assert run("merge", a, b, "-o", plain).exit_code == 0
+    np.testing.assert_allclose(read_profile(plain).rows.set_index(["op", "m", "n", "k"]).loc["gemm"]
+                               .loc[got[small].index, "median_us"], orig.loc[got[small].index])
+
+
 def test_merge_refuses_different_devices_unless_forced(synthetic, tmp_path):
     a = variant(synthetic.profile, tmp_path / "a.parquet")
     b = variant(synthetic.profile, tmp_path / "b.parquet", device_name="NVIDIA H100")
