@@ -92,6 +92,7 @@ class ContextModel:
         self.host_bound = est.is_cuda
         self._overhead_us = est.overhead_us
         # Without a measured host_glue row, the per-op dispatch floor (or nothing).
+        self._measured_glue_us = est.host_glue_us
         self._glue_us = est.host_glue_us if est.host_glue_us is not None else (est.overhead_us or 0.0)
         self._host: dict[tuple, HostFit] = {}
 
@@ -116,12 +117,13 @@ class ContextModel:
         index tensors, in no op's timing) at the profile's measured ``host_glue`` µs per op;
         the host and the device are one there, so the glue adds to the step.
         """
+        glue_ops = np.asarray(glue_ops, dtype=np.float64)
         if self.host_bound:
             fit = self.host_fit(spec, pts.phase, kv_cache)
             if fit is None:
                 return np.asarray(op_sum_us, dtype=np.float64)
-            return fit.latency_us(np.asarray(host_ops), np.asarray(op_sum_us))
-        glue = self._glue_us * np.asarray(glue_ops, dtype=np.float64)
+            return fit.latency_us(np.asarray(host_ops), np.asarray(op_sum_us), glue_ops, self._measured_glue_us)
+        glue = self._glue_us * glue_ops
         return self.factor(spec, pts, kv_cache) * op_sum_us + glue
 
     def host_fit(self, spec: ModelSpec, phase: str, kv_cache: str = "concat") -> "HostFit | None":
@@ -197,9 +199,14 @@ class HostFit:
     #: whole-decoder rows it was fitted to (0: the profile's overhead row, a floor)
     rows: int
 
-    def latency_us(self, host_ops: np.ndarray, op_sum_us: np.ndarray) -> np.ndarray:
-        """Step time of ``host_ops`` framework ops over ``op_sum_us`` of kernels."""
-        return combine(self.us_per_op * host_ops, self.device_factor * op_sum_us, self.p)
+    def latency_us(self, host_ops: np.ndarray, op_sum_us: np.ndarray, glue_ops: "np.ndarray | float" = 0.0,
+                   glue_us: float | None = None) -> np.ndarray:
+        """Step time of ``host_ops`` framework ops over ``op_sum_us`` of kernels; the
+        ``glue_ops`` among them cost ``glue_us`` each where the profile measured it (the
+        whole-decoder rows the fit saw have no glue), else the fitted cost per op."""
+        per_glue = self.us_per_op if glue_us is None else glue_us
+        host = self.us_per_op * (host_ops - glue_ops) + per_glue * glue_ops
+        return combine(host, self.device_factor * op_sum_us, self.p)
 
 
 #: Bounds of the fit: host µs per framework op, and the device factor.

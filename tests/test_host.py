@@ -10,7 +10,7 @@ import torch
 from pis.calibrate.validate_models import build_model
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
-from pis.simulator.context import P_CANDIDATES, ContextPoint, fit_hosts
+from pis.simulator.context import P_CANDIDATES, ContextPoint, HostFit, fit_hosts
 from pis.simulator.estimator import Estimator
 from pis.simulator.host import STEP_HOST_OPS, combine
 from pis.simulator.models import PRESETS, ModelSpec
@@ -154,3 +154,11 @@ def test_shipped_cpu_profile_has_a_measured_glue_cost():
     assert est.host_glue_us is not None and est.overhead_us is not None
     # A glue op (views, slices, an index tensor from a list) costs more than a bare dispatch.
     assert est.host_glue_us > est.overhead_us
+
+
+def test_gpu_glue_uses_the_measured_glue_cost_when_the_profile_has_it():
+    fit = HostFit(10.0, 1.0, float("inf"), 8)
+    n, glue, d = np.array([500.0]), np.array([200.0]), np.array([1.0])
+    assert fit.latency_us(n, d)[0] == 5000.0
+    assert fit.latency_us(n, d, glue)[0] == 5000.0  # unmeasured: the fitted cost
+    assert fit.latency_us(n, d, glue, glue_us=2.0)[0] == 300 * 10.0 + 200 * 2.0
