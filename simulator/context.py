@@ -94,7 +94,7 @@ class ContextModel:
         # Without a measured host_glue row, the per-op dispatch floor (or nothing).
         self._measured_glue_us = est.host_glue_us
         self._glue_us = est.host_glue_us if est.host_glue_us is not None else (est.overhead_us or 0.0)
-        self._host: dict[tuple, HostFit] = {}
+        self._host: dict[tuple, HostFit] | None = None  # fitted on first use
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -132,7 +132,7 @@ class ContextModel:
         Without whole-decoder rows: the profile's ``overhead`` row as the host cost per op, no
         device factor and a plain max, a floor (None when the profile has neither).
         """
-        if not self._host:
+        if self._host is None:
             self._host = fit_hosts(self.points)
         dims = self.nearest_dims(spec, kv_cache)
         fit = self._host.get((kv_cache, dims, phase)) if dims else None
