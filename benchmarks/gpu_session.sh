@@ -5,7 +5,7 @@
 #
 # 1. pis-calibrate: quick grid plus the Llama-3.1-8B shapes (the validation model's), time-boxed;
 #    the profile is its own checkpoint, so rerunning this script resumes it.
-# 2. pis-validate --suite quick on that profile.
+# 2. pis-validate --suite quick --rounds 3 on that profile (host-bound steps are noisy).
 # 3. pis-validate --suite full, and the GPU-marked tests, each only if the time left allows.
 # Everything lands in OUT_DIR (at most 8 files, as a lent device returns them).
 set -uo pipefail
@@ -34,7 +34,7 @@ left() { local n=$(( total - SECONDS )); echo $(( n > 1 ? n : 1 )); }
 cp "$prof" "$out/"
 
 echo "== quick suite ($(left) s left)"
-timeout $(left) pis-validate --device cuda:0 --profile "$prof" --suite quick \
+timeout $(left) pis-validate --device cuda:0 --profile "$prof" --suite quick --rounds 3 \
     --out "$out/validate_quick.csv" 2>&1 | tee "$out/validate_quick.log"
 
 if (( $(left) > 200 )); then
