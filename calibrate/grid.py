@@ -318,7 +318,7 @@ def live_bytes(op: str, shape: dict[str, int], dtype: str) -> float:
         return float(op_bytes(op, shape, dtype)) + min(scores, 2e9)
     if op == "topk":
         return e * shape["m"] * shape["n"] * 2
-    if op in ("overhead", "host_glue"):
+    if not OPS[op].columns:  # overhead, host_glue: scalars
         return 0.0
     return 4.0 * e * shape["numel"]  # inputs, output and the 2x tables of gather/scatter
 
@@ -352,7 +352,7 @@ def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, i
 def _tier(p: Point) -> int:
     """0 = measure first. Decode needs overhead, small-M GEMMs, norms/elementwise, decode attention."""
     s = p.shape_dict
-    if p.op in ("overhead", "host_glue"):
+    if not p.shape:  # overhead, host_glue: one cheap scalar each
         return 0
     if p.op in CONTEXT_OPS:
         # Few (tens) but they set every prediction's in-context factor: a run cut short by

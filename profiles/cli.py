@@ -89,7 +89,7 @@ def _context_factors(profile: Profile) -> list[dict[str, Any]]:
 
 
 def _host_fits(profile: Profile) -> list[dict[str, Any]]:
-    from pis.simulator.context import DIMS, fit_hosts
+    from pis.simulator.context import DIMS
     from pis.simulator.estimator import Estimator
 
     try:
@@ -100,7 +100,7 @@ def _host_fits(profile: Profile) -> list[dict[str, Any]]:
         return []
     return [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
                  device_factor=f.device_factor, p=f.p, rows=f.rows)
-            for (kv, dims, phase), f in sorted(fit_hosts(ctx.points).items())]
+            for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ rows to fit the host-issue model instead (:func:`fit_hosts`, :mod:`pis.simulator
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from pis.simulator.points import Points
 
 if TYPE_CHECKING:  # the estimator builds this model: import it for types only
     from pis.simulator.estimator import Estimator
+
+#: ``(op_sum_us, host_ops, glue_ops) -> latency_us`` at fixed design points (:meth:`ContextModel.at`).
+InContext = Callable[..., np.ndarray]
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
@@ -91,9 +94,8 @@ class ContextModel:
         #: on a CPU the op timings already include their dispatch.
         self.host_bound = est.is_cuda
         self._overhead_us = est.overhead_us
-        # Without a measured host_glue row, the per-op dispatch floor (or nothing).
-        self._measured_glue_us = est.host_glue_us
-        self._glue_us = est.host_glue_us if est.host_glue_us is not None else (est.overhead_us or 0.0)
+        #: measured host µs per glue op (None: the profile has no host_glue row)
+        self._glue_us = est.host_glue_us
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
 
     def __bool__(self) -> bool:
@@ -109,22 +111,36 @@ class ContextModel:
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
                    kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0) -> np.ndarray:
-        """In-context latency (µs) of design points whose op sum is ``op_sum_us``.
+        """In-context latency (µs) of design points whose op sum is ``op_sum_us`` (see :meth:`at`)."""
+        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops)
+
+    def at(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat") -> "InContext":
+        """What the in-context model adds at ``pts``, resolved once for every method a sweep
+        evaluates there: a function ``(op_sum_us, host_ops, glue_ops) -> latency_us``.
 
         CUDA: the host-issue model, ``combine(u · host_ops, f · op_sum, p)`` fitted to the
-        profile's whole-decoder rows (:meth:`host_fit`). CPU: the op sum times the in-context
-        factor (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and
-        index tensors, in no op's timing) at the profile's measured ``host_glue`` µs per op;
-        the host and the device are one there, so the glue adds to the step.
+        profile's whole-decoder rows (:meth:`host_fit`); glue ops cost the measured
+        ``host_glue`` where the profile has it. CPU: the op sum times the in-context factor
+        (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and index
+        tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
+        ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
         """
-        glue_ops = np.asarray(glue_ops, dtype=np.float64)
+        glue_us = self._glue_us
         if self.host_bound:
             fit = self.host_fit(spec, pts.phase, kv_cache)
             if fit is None:
-                return np.asarray(op_sum_us, dtype=np.float64)
-            return fit.latency_us(np.asarray(host_ops), np.asarray(op_sum_us), glue_ops, self._measured_glue_us)
-        glue = self._glue_us * glue_ops
-        return self.factor(spec, pts, kv_cache) * op_sum_us + glue
+                return lambda op_sum, host_ops, glue_ops=0.0: np.asarray(op_sum, dtype=np.float64)
+            return lambda op_sum, host_ops, glue_ops=0.0: fit.latency_us(
+                np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us)
+        factor = self.factor(spec, pts, kv_cache)
+        floor_us = glue_us if glue_us is not None else (self._overhead_us or 0.0)
+        return lambda op_sum, host_ops, glue_ops=0.0: factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+
+    def host_fits(self) -> dict[tuple, "HostFit"]:
+        """The fitted host-issue models, keyed (kv_cache, dims, phase); fitted on first use."""
+        if self._host is None:
+            self._host = fit_hosts(self.points)
+        return self._host
 
     def host_fit(self, spec: ModelSpec, phase: str, kv_cache: str = "concat") -> "HostFit | None":
         """The host-issue model for ``spec``'s nearest measured decoder and ``phase``.
@@ -132,10 +148,8 @@ class ContextModel:
         Without whole-decoder rows: the profile's ``overhead`` row as the host cost per op, no
         device factor and a plain max, a floor (None when the profile has neither).
         """
-        if self._host is None:
-            self._host = fit_hosts(self.points)
         dims = self.nearest_dims(spec, kv_cache)
-        fit = self._host.get((kv_cache, dims, phase)) if dims else None
+        fit = self.host_fits().get((kv_cache, dims, phase)) if dims else None
         if fit is None and self._overhead_us is not None:
             fit = HostFit(self._overhead_us, 1.0, float("inf"), 0)
         return fit

@@ -12,6 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
+from pis.simulator.host import HOST_OPS
+
 PHASES = ("prefill", "decode")
 
 
@@ -80,8 +82,6 @@ class OpGroup:
     host_ops: "np.ndarray | None" = None
 
     def __post_init__(self) -> None:
-        from pis.simulator.host import HOST_OPS
-
         object.__setattr__(self, "count", np.asarray(self.count, dtype=np.float64))
         object.__setattr__(self, "work_scale", np.asarray(self.work_scale, dtype=np.float64))
         host = HOST_OPS.get(self.op, 1.0) if self.host_ops is None else self.host_ops

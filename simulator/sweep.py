@@ -17,6 +17,7 @@ import pandas as pd
 from pis.profiles.schema import op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
+from pis.simulator.context import InContext
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import OpGroup, Points
@@ -108,13 +109,12 @@ def _select(tot: Totals, mask: np.ndarray) -> Totals:
                   tot.host_ops[mask], tot.glue_ops[mask])
 
 
-def _in_context(est: Estimator, spec: ModelSpec, pts: Points, tot: Totals, opts: PruneOptions,
-                in_context: bool) -> np.ndarray:
-    """Latency in µs of ``tot``: the op sum, or with ``in_context`` what the profile's
-    whole-decoder rows say a real decoder adds to it (:mod:`pis.simulator.context`)."""
-    if not in_context:
+def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
+    """Latency in µs of ``tot``: the op sum, or what the profile's whole-decoder rows say a
+    real decoder adds to it (``apply``, :meth:`pis.simulator.context.ContextModel.at`)."""
+    if apply is None:
         return tot.latency_us
-    return est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, opts.kv_cache, tot.glue_ops)
+    return apply(tot.latency_us, tot.host_ops, tot.glue_ops)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,
@@ -160,7 +160,8 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
         grid = np.array(list(itertools.product(sparsities, batches, seq_lens, contexts)), dtype=np.float64)
         pts = Points.make(phase, grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 0])
         dense = simulate_points(est, spec, "dense", pts, opts)
-        dense_lat = _in_context(est, spec, pts, dense, opts, in_context)
+        apply = est.context.at(spec, pts, opts.kv_cache) if in_context else None
+        dense_lat = _in_context(apply, dense)
         for method in methods:
             if method == "dense":
                 # Dense ignores sparsity: one row per (batch, seq, context), reported at s = 0.
@@ -171,7 +172,7 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
                                      dense_lat[first]))
                 continue
             tot = simulate_points(est, spec, method, pts, opts)
-            lat = _in_context(est, spec, pts, tot, opts, in_context)
+            lat = _in_context(apply, tot)
             frames.append(_frame(spec, method, pts, tot, dense, breakdown, lat, dense_lat))
     df = pd.concat(frames, ignore_index=True)
     return df.fillna({c: 0.0 for c in df.columns if c.startswith("t_")})

@@ -3,6 +3,8 @@ counts against the executors pis-validate runs (counted with a TorchDispatchMode
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -79,8 +81,13 @@ def _counted(method: str, s: float, phase: str, reference: bool) -> int:
     return count.n
 
 
+@functools.cache
+def _cpu_estimator() -> Estimator:
+    return Estimator(load_profile(resolve_profile("cpu-2core")))
+
+
 def _simulated(method: str, s: float, phase: str, reference: bool) -> float:
-    est = Estimator(load_profile(resolve_profile("cpu-2core")))
+    est = _cpu_estimator()
     b, seq, ctx = PHASES[phase]
     pts = Points.make(phase, np.array([b]), np.array([seq]), np.array([max(ctx, 1)]), s)
     opts = PruneOptions(kv_cache="preallocated" if reference else "concat")
