@@ -149,8 +149,9 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
 
     Decode ignores ``seq_len`` and prefill ignores ``context``, but both stay in the product
     so that every combination the user asked for has a row. With ``in_context`` (default),
-    latencies are op sums times the profile's in-context factor (:mod:`pis.simulator.context`;
-    1 for profiles without ``dense_decoder`` rows); without it, plain op sums.
+    latencies are op sums with what the profile's whole-decoder rows add to them
+    (:mod:`pis.simulator.context`: the host-issue model on CUDA, the in-context factor on a
+    CPU); without it, plain op sums.
     """
     opts = opts or PruneOptions()
     methods, sparsities = list(methods), [float(s) for s in sparsities]
