@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from pis.errors import PisError
-from pis.profiles.schema import DECODER_OPS, DTYPE_BYTES, OPS, REQUIRED_OPS, op_bytes, op_flops
+from pis.profiles.schema import DECODER_OPS, DTYPE_BYTES, ROUTED_DECODER_OPS, WHOLE_DECODER_OPS, OPS, REQUIRED_OPS, op_bytes, op_flops
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pis.calibrate.timing import TimingConfig
@@ -238,8 +238,17 @@ CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[t
 }
 
 
-#: Whole-decoder ops: Hugging Face with a DynamicCache, and the lean reference decoder.
-CONTEXT_OPS: tuple[str, ...] = DECODER_OPS
+#: Whole-decoder ops: Hugging Face with a DynamicCache, the lean reference decoder, and the
+#: reference decoder of each routed family.
+CONTEXT_OPS: tuple[str, ...] = WHOLE_DECODER_OPS
+#: Sparsities of the routed decoders' rows: two, so that a simulation between them interpolates
+#: (the validation suites run 0.5, which no row measures).
+ROUTED_CONTEXT_SPARSITIES: tuple[float, ...] = (0.25, 0.75)
+#: Batch and context axes of the routed decoders' decode rows (a corner subset of the dense
+#: rows' grid: twelve rows per family instead of thirty).
+ROUTED_DECODE_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "cpu": ((1, 4, 16), (256, 4096)),
+}
 
 
 def _context_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
@@ -259,9 +268,19 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
         base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
     prefill, decode = _context_shapes(name, device_kind)
     pts = []
-    for op in CONTEXT_OPS:
+    for op in DECODER_OPS:
         pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, **base) for b, q in prefill]
         pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, **base) for b, c in decode]
+    # Routed decoders: CPU grids only so far (their GPU in-context model, the host fit, is
+    # fitted to dense rows; see simulator/context.py), and not the seconds-long tiny grid.
+    if kind in ROUTED_DECODE_AXES and not tiny:
+        batches, contexts = ROUTED_DECODE_AXES[kind]
+        for op in ROUTED_DECODER_OPS.values():
+            for pct in (round(100 * s) for s in ROUTED_CONTEXT_SPARSITIES):
+                pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, sparsity_pct=pct, **base)
+                        for b, q in prefill]
+                pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, sparsity_pct=pct, **base)
+                        for b in batches for c in contexts]
     return pts
 
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from pis.calibrate.device import cuda_capability
 from pis.calibrate.timing import TimingConfig
-from pis.profiles.schema import OPS
+from pis.profiles.schema import OPS, ROUTED_DECODER_OPS
 
 if TYPE_CHECKING:  # annotations only: builders import the simulator when they run
     from pis.simulator.models import ModelSpec
@@ -471,6 +471,37 @@ def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.dev
     return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
+def build_routed_decoder(family: str) -> Builder:
+    """The builder of ``family``'s whole decoder on pis's reference decoder (no LM head), at
+    the shape's ``sparsity_pct``, timed as ``pis-validate`` times its routed models."""
+
+    def build(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+        from pis.calibrate.validate_models import build_reference, token_ids
+        from pis.calibrate.timing import Runner, measure_runner
+        from pis.simulator.pruning import PruneOptions
+
+        spec = _decoder_spec(s)
+        ref = build_reference(spec, family, int(s["sparsity_pct"]) / 100.0, device, dtype,
+                              PruneOptions(kv_cache="preallocated"))
+        model, b = ref.model, int(s["batch"])
+        if int(s["causal"]):
+            ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
+            runner = Runner(lambda: model.prefill(ids, logits=False))
+        else:
+            ctx = int(s["kv_len"])
+            ids = token_ids(spec.vocab, b, 1, device)
+            template = model.make_caches(b, ctx)
+            state: dict = {}
+
+            def setup() -> None:
+                state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
+
+            runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
+        return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
+
+    return build
+
+
 def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     x = _rand(4, 8, 16, dtype=dtype, device=device)
     rows = [0, 2, 3]
@@ -504,6 +535,7 @@ BUILDERS: dict[str, Builder] = {
     "kv_concat": build_kv_concat,
     "dense_decoder": build_dense_decoder,
     "dense_decoder_prealloc": build_dense_decoder_prealloc,
+    **{op: build_routed_decoder(family) for family, op in ROUTED_DECODER_OPS.items()},
     "overhead": build_overhead,
     "host_glue": build_host_glue,
 }

@@ -20,7 +20,8 @@ from tabulate import tabulate
 
 from pis import __version__
 from pis.errors import PisError, ProfileError, handle_errors
-from pis.profiles.schema import DTYPE_BYTES, META_REQUIRED, OPS, REQUIRED_OPS, SHAPE_COLUMNS, STATUS_OK
+from pis.profiles.schema import (DTYPE_BYTES, META_REQUIRED, OPS, REQUIRED_OPS, SCHEMA_VERSION, SHAPE_COLUMNS,
+                                 STATUS_OK)
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import (KEY_COLUMNS, Profile, check_profile, load_profile, read_profile,
                                suspicious_rows, write_profile)
@@ -68,7 +69,8 @@ def info(file: str, fmt: str) -> None:
               _range(c["median_us"], fmt="{:.3g}")] for c in coverage]
     click.echo(tabulate(table, headers=["op", "measured", "skipped", "shape ranges (values)", "median µs"]))
     if context:
-        click.echo("\nin-context factors (measured dense decoder / predicted op sum; see simulator/context.py):")
+        click.echo("\nin-context factors (measured whole decoder, less loop glue / predicted op sum; "
+                   "executor: a dense cache discipline or a routed family; see simulator/context.py):")
         click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
     hosts = _host_fits(profile)
     if hosts:
@@ -315,6 +317,8 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B"),
     meta["merged_from"] = [_source_meta(n, p) for n, p in zip(names, (pa, pb))]
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["tool_version"] = __version__
+    # Written by this tool, in this schema's columns, whatever versions went in.
+    meta["schema_version"] = SCHEMA_VERSION
     if "model_shapes" not in meta and "model_shapes" in mb:
         meta["model_shapes"] = mb["model_shapes"]
     meta["complete"] = bool(ma.get("complete", False)) and bool(mb.get("complete", False))
@@ -322,7 +326,7 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B"),
         meta["grid_name"] = f"{ma.get('grid_name')}+{mb.get('grid_name')}"
     differing = sorted(k for k in set(ma) | set(mb)
                        if k not in ("merged_from", "created", "tool_version", "complete", "grid_name",
-                                    "notes", "duration_s") and ma.get(k) != mb.get(k))
+                                    "notes", "duration_s", "schema_version") and ma.get(k) != mb.get(k))
     if differing:
         # File names only: profiles travel between labs and must not carry local paths.
         note = (f"merged profiles differ in {', '.join(differing)}; values shown are A's "

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Every shape column a profile may carry; columns an op does not use are null.
 SHAPE_COLUMNS: tuple[str, ...] = (
@@ -23,9 +23,12 @@ SHAPE_COLUMNS: tuple[str, ...] = (
     "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal",
     "numel",
     "hidden", "ffn", "layers",
+    "sparsity_pct",
 )
 #: Shape columns added after schema v1; v1 files lack them and read as null.
 SHAPE_COLUMNS_SINCE_V2: tuple[str, ...] = ("hidden", "ffn", "layers")
+#: Shape columns added in schema v3 (the routed decoders' sparsity); older files read as null.
+SHAPE_COLUMNS_SINCE_V3: tuple[str, ...] = ("sparsity_pct",)
 TIMING_COLUMNS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats")
 #: Columns in the order they are written.
 COLUMNS: tuple[str, ...] = (
@@ -117,6 +120,13 @@ def _decoder_bytes(s: Shape, e: int) -> np.ndarray:
 
 _DECODER_COLUMNS = ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "hidden", "ffn",
                     "layers")
+#: Whole routed decoders (schema v3), one op per dynamic family: each family's executor loops,
+#: gathers and scatters in ways whose in-model cost no dense decoder shows.
+ROUTED_DECODER_OPS: dict[str, str] = {
+    "dynamic-depth": "dynamic_depth_decoder",
+    "sparse-attention": "sparse_attention_decoder",
+    "dynamic-width": "dynamic_width_decoder",
+}
 
 
 def _zero(s: Shape) -> np.ndarray:
@@ -182,6 +192,12 @@ OPS: dict[str, OpKind] = {
                "the same decoder run by pis's plain-PyTorch reference decoder, decode writing into "
                "a preallocated KV cache in place: the in-context check for --kv-cache preallocated",
                _decoder_flops, _decoder_bytes),
+        *(OpKind(op, _DECODER_COLUMNS + ("sparsity_pct",),
+                 f"a whole {family} decoder (no LM head) run end to end by pis's reference decoder at "
+                 f"sparsity sparsity_pct / 100, decode writing a preallocated cache in place: that "
+                 f"family's own in-context check (its loops and gathers do what no dense decoder does)",
+                 _decoder_flops, _decoder_bytes)
+          for family, op in ROUTED_DECODER_OPS.items()),
         OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
                _zero, lambda s, e: _zero(s)),
         OpKind("host_glue", (), "host time per framework op of an eager loop's glue (views, "
@@ -193,6 +209,8 @@ OPS: dict[str, OpKind] = {
 #: Whole-decoder ops: not executed by a simulation, they calibrate its in-context factor
 #: (``dense_decoder`` for --kv-cache concat, ``dense_decoder_prealloc`` for preallocated).
 DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
+#: Every whole-decoder op, dense and routed: measured for the in-context model, never executed.
+WHOLE_DECODER_OPS: tuple[str, ...] = DECODER_OPS + tuple(ROUTED_DECODER_OPS.values())
 
 #: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).
 REQUIRED_OPS: tuple[str, ...] = ("gemm", "attn_prefill", "attn_decode", "rmsnorm", "silu_mul",

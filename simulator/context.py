@@ -23,6 +23,15 @@ pruned models alike, so speedups keep coming from the op graph while absolute la
 include what the op graph cannot see.
 Profiles without such rows (all v1 profiles) get a factor of 1.
 
+The routed families' executors (dynamic depth, sparse attention, dynamic width) loop over
+routers, groups and blocks, and their small gathered ops run slower in the model than both
+their isolated timings and the dense decoder's factor say (on the 2-core CPU: dynamic width's
+norms 2-3x the dense model's, its grouped GEMMs 9-20 % over their profile times). So CPU
+profiles (schema v3) also time each routed family's own decoder at two sparsities
+(``*_decoder`` rows with ``sparsity_pct``), and a simulation of that family at s > 0 takes its
+factor from those rows, by the same law plus a term in s; dense, static families and s = 0
+keep the dense decoder's factor.
+
 That law is for CPUs. On a GPU what the op sum misses is mostly the host issuing framework
 ops, which scales with the number of ops, not with kernel time, so CUDA profiles use the same
 rows to fit the host-issue model instead (:func:`fit_hosts`, :mod:`pis.simulator.host`).
@@ -35,7 +44,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pis.profiles.schema import DECODER_OPS, STATUS_OK
+from pis.profiles.schema import DECODER_OPS, ROUTED_DECODER_OPS, STATUS_OK
 from pis.simulator.host import combine
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
@@ -50,6 +59,9 @@ InContext = Callable[..., np.ndarray]
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
 OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
+#: The executor each whole-decoder op measured: a dense cache discipline, or a routed family.
+EXECUTOR_OF_OP: dict[str, str] = {**{op: kv for kv, op in OP_FOR_KV_CACHE.items()},
+                                  **{op: family for family, op in ROUTED_DECODER_OPS.items()}}
 
 
 @dataclass(frozen=True)
@@ -63,11 +75,15 @@ class ContextPoint:
     predicted_us: float
     #: framework ops the decoder issues per step (:mod:`pis.simulator.host`)
     host_ops: float = 0.0
+    #: routed decoders: the sparsity they ran at (0 for dense rows)
+    sparsity: float = 0.0
+    #: µs of host-only loop glue the prediction adds outside the factor (routed rows, CPU)
+    glue_us: float = 0.0
 
     @property
     def factor(self) -> float:
-        """measured / predicted."""
-        return self.measured_us / self.predicted_us
+        """(measured − loop glue) / predicted op sum: what the factor must multiply."""
+        return (self.measured_us - self.glue_us) / self.predicted_us
 
 
 class ContextModel:
@@ -75,9 +91,17 @@ class ContextModel:
 
     def __init__(self, est: Estimator) -> None:
         rows = est.profile.rows
-        kv_of = {op: kv for kv, op in OP_FOR_KV_CACHE.items()}
-        rows = rows[rows["op"].isin(list(kv_of)) & (rows["status"] == STATUS_OK) & (rows["dtype"] == est.dtype)]
-        #: (kv_cache, dims) -> measured points
+        rows = rows[rows["op"].isin(list(EXECUTOR_OF_OP)) & (rows["status"] == STATUS_OK)
+                    & (rows["dtype"] == est.dtype)]
+        #: CUDA: eager steps are bound by the host issuing ops (:mod:`pis.simulator.host`);
+        #: on a CPU the op timings already include their dispatch.
+        self.host_bound = est.is_cuda
+        self._overhead_us = est.overhead_us
+        #: measured host µs per glue op (None: the profile has no host_glue row)
+        self._glue_us = est.host_glue_us
+        #: CPU: µs per host-only glue op (measured host_glue, else the overhead row's dispatch)
+        self._floor_us = self._glue_us if self._glue_us is not None else (self._overhead_us or 0.0)
+        #: (executor, dims) -> measured points; executor: "concat", "preallocated" or a family
         self.points: dict[tuple, list[ContextPoint]] = {}
         for r in rows.itertuples(index=False):
             dims = tuple(int(getattr(r, d)) for d in DIMS)
@@ -85,38 +109,45 @@ class ContextModel:
                              heads=dims[2], kv_heads=dims[3], head_dim=dims[4], vocab=1)
             phase = "prefill" if int(r.causal) else "decode"
             length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-            kv = kv_of[r.op]
-            pred, host_ops = decoder_op_sum(est, spec, phase, int(r.batch), length, kv)
-            self.points.setdefault((kv, dims), []).append(
-                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred, host_ops))
+            executor = EXECUTOR_OF_OP[r.op]
+            if executor in OP_FOR_KV_CACHE:
+                pred, host_ops, glue = decoder_op_sum(est, spec, phase, int(r.batch), length, executor)
+                s = 0.0
+            else:
+                s = float(r.sparsity_pct) / 100.0
+                pred, host_ops, glue = decoder_op_sum(est, spec, phase, int(r.batch), length, "preallocated",
+                                                      method=executor, sparsity=s)
+            self.points.setdefault((executor, dims), []).append(
+                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred, host_ops, s, glue * self._floor_us))
         self._interp: dict[tuple, object] = {}
-        #: CUDA: eager steps are bound by the host issuing ops (:mod:`pis.simulator.host`);
-        #: on a CPU the op timings already include their dispatch.
-        self.host_bound = est.is_cuda
-        self._overhead_us = est.overhead_us
-        #: measured host µs per glue op (None: the profile has no host_glue row)
-        self._glue_us = est.host_glue_us
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
 
     def __bool__(self) -> bool:
         return bool(self.points)
 
-    def nearest_dims(self, spec: ModelSpec, kv_cache: str = "concat") -> tuple[int, ...] | None:
-        """The measured decoder shape closest to ``spec`` (log distance of hidden and FFN)."""
-        measured = [dims for kv, dims in self.points if kv == kv_cache]
+    def nearest_dims(self, spec: ModelSpec, executor: str = "concat") -> tuple[int, ...] | None:
+        """The measured decoder shape closest to ``spec`` (log distance of hidden and FFN) among
+        ``executor``'s rows (a dense cache discipline or a routed family)."""
+        measured = [dims for ex, dims in self.points if ex == executor]
         if not measured:
             return None
         want = np.log([spec.hidden, spec.ffn])
         return min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
-                   kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0) -> np.ndarray:
+                   kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0,
+                   method: str | None = None) -> np.ndarray:
         """In-context latency (µs) of design points whose op sum is ``op_sum_us`` (see :meth:`at`)."""
-        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops)
+        return self.at(spec, pts, kv_cache, method)(op_sum_us, host_ops, glue_ops)
 
-    def at(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat") -> "InContext":
+    def has_own_rows(self, method: str) -> bool:
+        """Whether ``method``'s own executor has whole-decoder rows (used on a CPU, see :meth:`at`)."""
+        return not self.host_bound and any(ex == method for ex, _ in self.points)
+
+    def at(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> "InContext":
         """What the in-context model adds at ``pts``, resolved once for every method a sweep
-        evaluates there: a function ``(op_sum_us, host_ops, glue_ops) -> latency_us``.
+        evaluates there (or for ``method`` where it has its own rows, :meth:`has_own_rows`):
+        a function ``(op_sum_us, host_ops, glue_ops) -> latency_us``.
 
         CUDA: the host-issue model, ``combine(u · host_ops, f · op_sum, p)`` fitted to the
         profile's whole-decoder rows (:meth:`host_fit`); glue ops cost the measured
@@ -132,14 +163,13 @@ class ContextModel:
                 return lambda op_sum, host_ops, glue_ops=0.0: np.asarray(op_sum, dtype=np.float64)
             return lambda op_sum, host_ops, glue_ops=0.0: fit.latency_us(
                 np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us)
-        factor = self.factor(spec, pts, kv_cache)
-        floor_us = glue_us if glue_us is not None else (self._overhead_us or 0.0)
+        factor, floor_us = self.factor(spec, pts, kv_cache, method), self._floor_us
         return lambda op_sum, host_ops, glue_ops=0.0: factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
 
     def host_fits(self) -> dict[tuple, "HostFit"]:
         """The fitted host-issue models, keyed (kv_cache, dims, phase); fitted on first use."""
         if self._host is None:
-            self._host = fit_hosts(self.points)
+            self._host = fit_hosts({k: v for k, v in self.points.items() if k[0] in OP_FOR_KV_CACHE})
         return self._host
 
     def host_fit(self, spec: ModelSpec, phase: str, kv_cache: str = "concat") -> "HostFit | None":
@@ -154,49 +184,68 @@ class ContextModel:
             fit = HostFit(self._overhead_us, 1.0, float("inf"), 0)
         return fit
 
-    def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat") -> np.ndarray:
-        """The factor at every design point of ``pts`` (ones without calibrated rows)."""
-        dims = self.nearest_dims(spec, kv_cache)
-        key = (kv_cache, dims)
+    def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> np.ndarray:
+        """The factor at every design point of ``pts`` (ones without calibrated rows): the
+        dense decoder's of ``kv_cache``, or at s > 0 ``method``'s own where it has rows."""
+        dense = self._law(spec, pts, kv_cache, routed=False)
+        if method is None or method in OP_FOR_KV_CACHE or not self.has_own_rows(method):
+            return np.ones(len(pts)) if dense is None else dense
+        own = self._law(spec, pts, method, routed=True)
+        if own is None:
+            return np.ones(len(pts)) if dense is None else dense
+        return np.where(pts.sparsity > 0, own, 1.0 if dense is None else dense)
+
+    def _law(self, spec: ModelSpec, pts: Points, executor: str, routed: bool) -> np.ndarray | None:
+        dims = self.nearest_dims(spec, executor)
+        key = (executor, dims)
         cps = [p for p in self.points.get(key, []) if p.phase == pts.phase] if dims else []
         if not cps:
-            return np.ones(len(pts))
-        if pts.phase == "prefill":
-            return self._fit(key + ("prefill",), cps, [pts.batch * pts.seq_len])
-        return self._fit(key + ("decode",), cps, [pts.batch, pts.context])
+            return None
+        query = [pts.batch * pts.seq_len] if pts.phase == "prefill" else [pts.batch, pts.context]
+        if routed:
+            query.append(pts.sparsity)
+        return self._fit(key + (pts.phase,), cps, query, routed)
 
-    def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray]) -> np.ndarray:
+    def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray], routed: bool = False) -> np.ndarray:
         """A least-squares log-linear law through the measured factors, evaluated at ``query``.
 
-        Prefill: log f = a + b·log(tokens); decode: log f = a + b·log(batch) + c·log(context).
+        Prefill: log f = a + b·log(tokens); decode: log f = a + b·log(batch) + c·log(context);
+        a routed family's rows add + d·s (a query whose last axis is the sparsity).
         Single measurements of a whole decoder scatter by several percent on a busy machine, so
         a fit smooths them where interpolating through every point would carry each one's noise
         (scored on the CPU full suite: bilinear interpolation on the 5x3 decode grid and a
         robust Cauchy loss both did worse than least squares).
         Axes with one measured value drop out; queries are clamped to the measured box.
         """
+        prefill = key[-1] == "prefill"
+
+        def features(axes: list[np.ndarray]) -> np.ndarray:
+            x = np.column_stack([np.asarray(a, dtype=np.float64) for a in axes])
+            logged = x.shape[1] - 1 if routed else x.shape[1]  # sparsity stays linear
+            return np.column_stack([np.log(x[:, :logged]), x[:, logged:]])
+
         if key not in self._interp:
-            axes = [[p.batch * p.length] for p in cps] if len(query) == 1 else \
-                [[p.batch, p.length] for p in cps]
-            x = np.log(np.asarray(axes, dtype=np.float64))
+            axes = [[p.batch * p.length] if prefill else [p.batch, p.length] for p in cps]
+            if routed:
+                axes = [a + [p.sparsity] for a, p in zip(axes, cps)]
+            x = features(list(np.asarray(axes, dtype=np.float64).T))
             lo, hi = x.min(axis=0), x.max(axis=0)
             used = hi > lo
             design = np.column_stack([np.ones(len(x)), x[:, used]])
             coef, *_ = np.linalg.lstsq(design, np.log([p.factor for p in cps]), rcond=None)
             self._interp[key] = (coef, used, lo, hi)
         coef, used, lo, hi = self._interp[key]
-        q = np.log(np.column_stack([np.asarray(a, dtype=np.float64) for a in query]))
-        q = np.clip(q, lo, hi)
+        q = np.clip(features(query), lo, hi)
         return np.exp(coef[0] + q[:, used] @ coef[1:])
 
     def summary(self) -> list[dict]:
         """Every measured point with its factor (for ``pis-profile info`` and the docs)."""
         out = []
-        for (kv, dims), cps in sorted(self.points.items()):
-            for p in sorted(cps, key=lambda p: (p.phase, p.batch, p.length)):
-                out.append(dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=p.phase, batch=p.batch, length=p.length,
-                                measured_ms=p.measured_us / 1e3, op_sum_ms=p.predicted_us / 1e3,
-                                factor=p.factor))
+        for (ex, dims), cps in sorted(self.points.items()):
+            for p in sorted(cps, key=lambda p: (p.phase, p.sparsity, p.batch, p.length)):
+                out.append(dict(executor=ex, **dict(zip(DIMS, dims)), phase=p.phase, sparsity=p.sparsity,
+                                batch=p.batch, length=p.length, measured_ms=p.measured_us / 1e3,
+                                op_sum_ms=p.predicted_us / 1e3, factor=p.factor))
         return out
 
 
@@ -272,15 +321,17 @@ def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
 
 
 def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
-                   kv_cache: str = "concat") -> tuple[float, float]:
-    """Predicted µs of the dense decoder ``spec`` without its LM head, from per-op rows, and
-    the framework ops it issues per step."""
+                   kv_cache: str = "concat", method: str = "dense",
+                   sparsity: float = 0.0) -> tuple[float, float, float]:
+    """Predicted µs of the decoder ``spec`` (``method`` at ``sparsity``; dense by default)
+    without its LM head, from per-op rows; the framework ops it issues per step; and how many
+    of those are host-only loop glue."""
     from pis.simulator.pruning import PruneOptions, build_ops
     from pis.simulator.sweep import evaluate
 
     seq, ctx = (length, length) if phase == "prefill" else (1, length)
-    pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), 0.0)
+    pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), sparsity)
     # The cache discipline of the executor that measured the row.
-    groups = [g for g in build_ops("dense", spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != "lm_head"]
+    groups = [g for g in build_ops(method, spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != "lm_head"]
     tot = evaluate(est, groups, 1)
-    return float(tot.latency_us[0]), float(tot.host_ops[0])
+    return float(tot.latency_us[0]), float(tot.host_ops[0]), float(tot.glue_ops[0])

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from pis.errors import MissingOpError, PisError, ProfileError
-from pis.profiles.schema import DECODER_OPS, OPS, OpKind, op_bytes, op_flops
+from pis.profiles.schema import WHOLE_DECODER_OPS, OPS, OpKind, op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.interp import LogInterpolator
 
@@ -492,7 +492,7 @@ def _rows_by_op(profile: Profile, dtype: str) -> dict[str, _OpRows]:
     """
     ok = profile.ok_rows
     # Whole-decoder rows are not an op the graph executes; simulator/context.py reads them.
-    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin([o for o in OPS if o not in DECODER_OPS])]
+    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin([o for o in OPS if o not in WHOLE_DECODER_OPS])]
     out: dict[str, _OpRows] = {}
     for op, sub in ok.groupby("op", sort=True):
         cols = list(OPS[str(op)].columns)

@@ -173,7 +173,9 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
                                      dense_lat[first]))
                 continue
             tot = simulate_points(est, spec, method, pts, opts)
-            lat = _in_context(apply, tot)
+            # A routed family whose own decoder the profile timed gets its own factor.
+            own = in_context and est.context.has_own_rows(method)
+            lat = _in_context(est.context.at(spec, pts, opts.kv_cache, method) if own else apply, tot)
             frames.append(_frame(spec, method, pts, tot, dense, breakdown, lat, dense_lat))
     df = pd.concat(frames, ignore_index=True)
     return df.fillna({c: 0.0 for c in df.columns if c.startswith("t_")})

@@ -170,3 +170,86 @@ def test_axes_with_one_measured_value_drop_out(synthetic):
     assert f[(1, 128)] == pytest.approx(decode_law(1, 128), rel=1e-6)
     assert f[(8, 1024)] == pytest.approx(decode_law(1, 1024), rel=1e-6)
     assert np.isfinite(list(f.values())).all()
+
+
+# --- routed families' own decoders (schema v3) -----------------------------------------------
+
+def routed_law(tokens, s):
+    return 1.3 * (np.asarray(tokens, dtype=float) / 96.0) ** 0.04 * np.exp(0.4 * np.asarray(s, dtype=float))
+
+
+def _with_routed(synthetic, family: str = "dynamic-width") -> Profile:
+    """The dense-decoder profile plus ``family``'s own prefill rows at s = 0.25 and 0.75,
+    measured = law x op sum + its loop glue at the profile's per-op cost."""
+    from pis.profiles.schema import ROUTED_DECODER_OPS
+
+    base = _with_decoders(synthetic)
+    est = Estimator(base)
+    floor = est.host_glue_us if est.host_glue_us is not None else est.overhead_us
+    spec = ModelSpec("d", vocab=1, **DIMS)
+    rows = []
+    for s in (0.25, 0.75):
+        for tokens in PREFILL:
+            op_sum, _, glue = decoder_op_sum(est, spec, "prefill", 1, tokens, "preallocated", family, s)
+            rows.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1, sparsity_pct=round(100 * s),
+                             median_us=float(routed_law(tokens, s)) * op_sum + glue * floor))
+    op = ROUTED_DECODER_OPS[family]
+    df = pd.DataFrame(rows).assign(op=op, dtype="bf16", repeats=10, status="ok", backend="test", **DIMS)
+    df["p10_us"], df["p90_us"] = df["median_us"] * 0.98, df["median_us"] * 1.02
+    shape = {c: df[c].to_numpy() for c in ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim",
+                                          "causal", "hidden", "ffn", "layers")}
+    df["flops"], df["bytes"] = op_flops(op, shape), op_bytes(op, shape, "bf16")
+    return Profile(rows=normalize_rows(pd.concat([base.rows, df], ignore_index=True)), meta=dict(base.meta))
+
+
+def test_routed_family_takes_its_own_factor_from_its_rows(synthetic):
+    from pis.simulator.points import Points
+
+    est = Estimator(_with_routed(synthetic))
+    ctx = est.context
+    assert ctx.has_own_rows("dynamic-width") and not ctx.has_own_rows("dynamic-depth")
+    pts = Points.make("prefill", 1, np.array([96, 384, 384, 384, 1536]), 1, np.array([0.25, 0.5, 0.75, 0.0, 0.6]))
+    own = ctx.factor(SPEC, pts, "concat", "dynamic-width")
+    dense = ctx.factor(SPEC, pts, "concat")
+    want = routed_law(pts.seq_len, pts.sparsity)
+    # s > 0: the family's law, recovered exactly and interpolated in s (0.5 and 0.6 were not measured)
+    np.testing.assert_allclose(own[[0, 1, 2, 4]], want[[0, 1, 2, 4]], rtol=1e-6)
+    # s = 0 runs the dense path: the dense decoder's factor, as for every other family
+    assert own[3] == pytest.approx(dense[3], rel=1e-12)
+    np.testing.assert_allclose(dense, prefill_law(pts.seq_len), rtol=1e-6)
+    assert (ctx.factor(SPEC, pts, "concat", "static-width") == dense).all()
+    # Queries beyond the measured sparsities are clamped to them.
+    far = Points.make("prefill", 1, 384, 1, np.array([0.05, 0.95]))
+    np.testing.assert_allclose(ctx.factor(SPEC, far, "concat", "dynamic-width"),
+                               routed_law(384, [0.25, 0.75]), rtol=1e-6)
+
+
+def test_sweep_uses_the_routed_factor_only_for_its_family(synthetic):
+    est = Estimator(_with_routed(synthetic))
+    df = _run(est, "prefill", [1], [384], [1], methods=("dense", "dynamic-width", "dynamic-depth"),
+              sparsities=(0.5,)).set_index("method")
+    assert df.loc["dense", "context_factor"] == pytest.approx(prefill_law(384), rel=1e-6)
+    # Another routed family without rows of its own: exactly as without dynamic width's rows.
+    before = _run(Estimator(_with_decoders(synthetic)), "prefill", [1], [384], [1], methods=("dynamic-depth",),
+                  sparsities=(0.5,))
+    assert df.loc["dynamic-depth", "latency_ms"] == before["latency_ms"].iloc[0]
+    # dynamic width's latency is its own factor x op sum, plus its loop glue
+    assert df.loc["dynamic-width", "context_factor"] >= routed_law(384, 0.5) * (1 - 1e-9)
+    summary = est.context.summary()
+    assert {s["executor"] for s in summary} == {"concat", "dynamic-width"}
+    assert sorted({s["sparsity"] for s in summary if s["executor"] == "dynamic-width"}) == [0.25, 0.75]
+
+
+def test_v2_profile_without_sparsity_column_still_reads(synthetic, tmp_path):
+    from pis.errors import ProfileError
+    from pis.profiles.schema import SHAPE_COLUMNS_SINCE_V3
+
+    path = tmp_path / "v2.parquet"
+    write_profile(Profile(synthetic.profile.rows, dict(synthetic.profile.meta, schema_version=2)), path)
+    table = pq.read_table(path).drop_columns(list(SHAPE_COLUMNS_SINCE_V3))
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    assert read_profile(path).rows["sparsity_pct"].isna().all()
+    pq.write_table(table.replace_schema_metadata(
+        {**pq.read_schema(path).metadata, b"pis.schema_version": b"3"}), path)
+    with pytest.raises(ProfileError, match="lacks profile columns: sparsity_pct"):
+        read_profile(path)

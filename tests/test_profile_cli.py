@@ -214,6 +214,21 @@ def test_merge_prefer_b_takes_every_point_b_measured(synthetic, tmp_path):
                                .loc[got[small].index, "median_us"], orig.loc[got[small].index])
 
 
+def test_merge_writes_the_current_schema_version(synthetic, tmp_path):
+    # An older profile merged with rows of a newer op (say v3's routed decoders) holds that op:
+    # the file is this tool's, in this schema's columns, so it says this schema's version.
+    from pis.profiles.schema import SCHEMA_VERSION
+
+    a = variant(synthetic.profile, tmp_path / "a.parquet", schema_version=2)
+    b = variant(synthetic.profile, tmp_path / "b.parquet", lambda r: r[_gemm(r)].head(3))
+    out = tmp_path / "m.parquet"
+    result = run("merge", a, b, "-o", out)
+    assert result.exit_code == 0, result.output
+    merged = read_profile(out)
+    assert merged.meta["schema_version"] == SCHEMA_VERSION
+    assert "schema_version" not in merged.meta.get("notes", "")
+
+
 def test_merge_refuses_different_devices_unless_forced(synthetic, tmp_path):
     a = variant(synthetic.profile, tmp_path / "a.parquet")
     b = variant(synthetic.profile, tmp_path / "b.parquet", device_name="NVIDIA H100")
