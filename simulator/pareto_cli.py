@@ -19,7 +19,7 @@ from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study
                                   scenario_columns)
 from pis.simulator.points import PHASES
 from pis.simulator.pruning import FAMILIES
-from pis.simulator.quality import FLAG_NO_DATA, FLAG_OUT_OF_RANGE, load_quality
+from pis.simulator.quality import FLAG_OUT_OF_RANGE, load_quality
 
 DEFAULT_SPARSITY = ",".join(f"{i / 20:g}" for i in range(19))  # 0, 0.05, ..., 0.9
 FORMATS = ("table", "json", "csv")

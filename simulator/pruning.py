@@ -9,7 +9,6 @@ sparsity 0 every family runs exactly the dense graph.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
