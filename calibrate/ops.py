@@ -439,67 +439,31 @@ def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> B
     return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
-def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    """The dense decoder of the shape on pis's reference decoder, decode into a preallocated cache.
+def _reference_decoder_bench(s: Shape, method: str, sparsity: float, dtype: torch.dtype,
+                             device: torch.device) -> Bench:
+    """``method``'s decoder of the shape on pis's reference decoder (no LM head), decode writing
+    a preallocated cache in place, timed as ``pis-validate`` times the reference decoder
+    (its own runner: fresh cache copies before every repeat)."""
+    from pis.calibrate.timing import measure_runner
+    from pis.calibrate.validate_models import build_reference
+    from pis.simulator.pruning import PruneOptions
 
-    A lean executor: no Hugging Face glue, the new token's K/V written in place. Timed as
-    ``pis-validate`` times the reference decoder (fresh cache copies before every repeat).
-    """
-    from pis.calibrate.reference_decoder import RefDecoder, RefOptions
-    from pis.calibrate.timing import Runner, measure_runner
-    from pis.calibrate.validate_models import token_ids
-
-    spec = _decoder_spec(s)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = RefDecoder(spec, "dense", 0.0, RefOptions(inplace_cache=True))
-    model = model.to(dtype).eval()
-    b = int(s["batch"])
-    if int(s["causal"]):
-        ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
-        runner = Runner(lambda: model.prefill(ids, logits=False))
-    else:
-        ctx = int(s["kv_len"])
-        ids = token_ids(spec.vocab, b, 1, device)
-        template = model.make_caches(b, ctx)
-        state: dict = {}
-
-        def setup() -> None:
-            state["caches"] = [tuple(t.clone() for t in c) for c in template]
-
-        runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
+    ref = build_reference(_decoder_spec(s), method, sparsity, device, dtype, PruneOptions(kv_cache="preallocated"))
+    phase = "prefill" if int(s["causal"]) else "decode"
+    runner = ref.runner(phase, int(s["batch"]), int(s["q_len"]), int(s["kv_len"]), logits=False)
     return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
 
 
+def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """The dense decoder of the shape on pis's reference decoder, decode into a preallocated cache:
+    a lean executor, no Hugging Face glue, the new token's K/V written in place."""
+    return _reference_decoder_bench(s, "dense", 0.0, dtype, device)
+
+
 def build_routed_decoder(family: str) -> Builder:
-    """The builder of ``family``'s whole decoder on pis's reference decoder (no LM head), at
-    the shape's ``sparsity_pct``, timed as ``pis-validate`` times its routed models."""
-
-    def build(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-        from pis.calibrate.validate_models import build_reference, token_ids
-        from pis.calibrate.timing import Runner, measure_runner
-        from pis.simulator.pruning import PruneOptions
-
-        spec = _decoder_spec(s)
-        ref = build_reference(spec, family, int(s["sparsity_pct"]) / 100.0, device, dtype,
-                              PruneOptions(kv_cache="preallocated"))
-        model, b = ref.model, int(s["batch"])
-        if int(s["causal"]):
-            ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
-            runner = Runner(lambda: model.prefill(ids, logits=False))
-        else:
-            ctx = int(s["kv_len"])
-            ids = token_ids(spec.vocab, b, 1, device)
-            template = model.make_caches(b, ctx)
-            state: dict = {}
-
-            def setup() -> None:
-                state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
-
-            runner = Runner(lambda: model.decode(ids, state["caches"], ctx, logits=False), setup)
-        return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
-
-    return build
+    """The builder of ``family``'s whole decoder on pis's reference decoder at the shape's
+    ``sparsity_pct``."""
+    return lambda s, dtype, device: _reference_decoder_bench(s, family, int(s["sparsity_pct"]) / 100.0, dtype, device)
 
 
 def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:

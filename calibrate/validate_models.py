@@ -222,11 +222,12 @@ class RefModel(ModelUnderTest):
     def __init__(self, model: RefDecoder, device: torch.device) -> None:
         self.model, self.device = model, device
 
-    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
+    def runner(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Runner:
+        """``logits=False`` leaves out the LM head (the whole-decoder profile rows)."""
         m, spec = self.model, self.model.spec
         if phase == "prefill":
             ids = token_ids(spec.vocab, batch, seq_len, self.device)
-            return Runner(lambda: m.prefill(ids))
+            return Runner(lambda: m.prefill(ids, logits=logits))
         ids = token_ids(spec.vocab, batch, 1, self.device)
         template = m.make_caches(batch, context, generator=None)
         state: dict = {}
@@ -235,7 +236,7 @@ class RefModel(ModelUnderTest):
             # The routed steps write the new token into the cache in place; refresh the copies.
             state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
 
-        return Runner(lambda: m.decode(ids, state["caches"], context), setup)
+        return Runner(lambda: m.decode(ids, state["caches"], context, logits=logits), setup)
 
 
 def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device,
