@@ -23,15 +23,16 @@ Point counts (no ``--model``) and run times:
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
 tiny       50     51      seconds (tests)
-quick      903    2231    CPU ~170 s on the 2-core CI machine (3 min 47 s, 2691 points, with
-                          the CPU validation model as --model); H100 323 s with
-                          --model llama-3.1-8b (5968 points)
-default    2748   11063   CPU 6 min 47 s on the 2-core CI machine; GPU ~25 min (estimated)
-full       8574   26308   estimated: CPU ~45 min, GPU ~2 h
+quick      963    2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
+                          (6 min 32 s, 2751 points, with them and the CPU validation model as
+                          --model); H100 323 s with --model llama-3.1-8b (5968 points)
+default    2808   11063   CPU 6 min 47 s on the 2-core CI machine before the routed decoders
+                          (151 s alone); GPU ~25 min (estimated)
+full       8634   26308   estimated: CPU ~48 min, GPU ~2 h
 =========  =====  ======  ==============================================================
 
-Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 38 on CPU, 32 on
-CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
+Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 98 on CPU (38
+dense, 60 routed), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
 
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
@@ -50,7 +51,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from pis.errors import PisError
-from pis.profiles.schema import DECODER_OPS, DTYPE_BYTES, ROUTED_DECODER_OPS, WHOLE_DECODER_OPS, OPS, REQUIRED_OPS, op_bytes, op_flops
+from pis.profiles.schema import (DECODER_OPS, DTYPE_BYTES, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, WHOLE_DECODER_OPS,
+                                 op_bytes, op_flops)
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pis.calibrate.timing import TimingConfig

@@ -51,7 +51,7 @@ def info(file: str, fmt: str) -> None:
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
-    context = _context_factors(profile)
+    context, hosts = _in_context(profile)
     if fmt == "json":
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
                            "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
@@ -72,7 +72,6 @@ def info(file: str, fmt: str) -> None:
         click.echo("\nin-context factors (measured whole decoder, less loop glue / predicted op sum; "
                    "executor: a dense cache discipline or a routed family; see simulator/context.py):")
         click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
-    hosts = _host_fits(profile)
     if hosts:
         click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_op x framework ops, "
                    "device_factor x op sum, p); see simulator/host.py):")
@@ -81,28 +80,21 @@ def info(file: str, fmt: str) -> None:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
 
 
-def _context_factors(profile: Profile) -> list[dict[str, Any]]:
-    from pis.simulator.estimator import Estimator
-
-    try:
-        return Estimator(profile).context.summary()
-    except PisError:  # a profile too incomplete to predict its own decoders
-        return []
-
-
-def _host_fits(profile: Profile) -> list[dict[str, Any]]:
+def _in_context(profile: Profile) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The measured in-context factors, and on CUDA profiles the fitted host-issue models."""
     from pis.simulator.context import DIMS
     from pis.simulator.estimator import Estimator
 
     try:
         ctx = Estimator(profile).context
-    except PisError:
-        return []
+        summary = ctx.summary()
+    except PisError:  # a profile too incomplete to predict its own decoders
+        return [], []
     if not ctx.host_bound:
-        return []
-    return [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
-                 device_factor=f.device_factor, p=f.p, rows=f.rows)
-            for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
+        return summary, []
+    return summary, [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
+                          device_factor=f.device_factor, p=f.p, rows=f.rows)
+                     for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

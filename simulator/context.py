@@ -103,22 +103,30 @@ class ContextModel:
         self._floor_us = self._glue_us if self._glue_us is not None else (self._overhead_us or 0.0)
         #: (executor, dims) -> measured points; executor: "concat", "preallocated" or a family
         self.points: dict[tuple, list[ContextPoint]] = {}
+        # One vectorized op-sum evaluation per decoder (executor, shape, phase, sparsity), not
+        # one per row: this runs at the start of every simulation on the profile.
+        decoders: dict[tuple, list] = {}
         for r in rows.itertuples(index=False):
             dims = tuple(int(getattr(r, d)) for d in DIMS)
-            spec = ModelSpec("dense-decoder", hidden=dims[0], ffn=dims[1], layers=int(r.layers),
-                             heads=dims[2], kv_heads=dims[3], head_dim=dims[4], vocab=1)
+            executor = EXECUTOR_OF_OP[r.op]
+            s = 0.0 if executor in OP_FOR_KV_CACHE else float(r.sparsity_pct) / 100.0
             phase = "prefill" if int(r.causal) else "decode"
             length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-            executor = EXECUTOR_OF_OP[r.op]
+            decoders.setdefault((executor, dims, int(r.layers), phase, s), []).append(
+                (int(r.batch), length, float(r.median_us)))
+        for (executor, dims, layers, phase, s), measured in decoders.items():
+            spec = ModelSpec("dense-decoder", hidden=dims[0], ffn=dims[1], layers=layers,
+                             heads=dims[2], kv_heads=dims[3], head_dim=dims[4], vocab=1)
+            batch, length, median_us = (np.array(col) for col in zip(*measured))
             if executor in OP_FOR_KV_CACHE:
-                pred, host_ops, glue = decoder_op_sum(est, spec, phase, int(r.batch), length, executor)
-                s = 0.0
+                pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, executor)
             else:
-                s = float(r.sparsity_pct) / 100.0
-                pred, host_ops, glue = decoder_op_sum(est, spec, phase, int(r.batch), length, "preallocated",
-                                                      method=executor, sparsity=s)
-            self.points.setdefault((executor, dims), []).append(
-                ContextPoint(phase, int(r.batch), length, float(r.median_us), pred, host_ops, s, glue * self._floor_us))
+                pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, "preallocated",
+                                                       method=executor, sparsity=s)
+            self.points.setdefault((executor, dims), []).extend(
+                ContextPoint(phase, int(batch[i]), int(length[i]), float(median_us[i]), float(pred[i]),
+                             float(host_ops[i]), s, float(glue[i]) * self._floor_us)
+                for i in range(len(batch)))
         self._interp: dict[tuple, object] = {}
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
 
@@ -135,10 +143,9 @@ class ContextModel:
         return min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
-                   kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0,
-                   method: str | None = None) -> np.ndarray:
+                   kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0) -> np.ndarray:
         """In-context latency (µs) of design points whose op sum is ``op_sum_us`` (see :meth:`at`)."""
-        return self.at(spec, pts, kv_cache, method)(op_sum_us, host_ops, glue_ops)
+        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops)
 
     def has_own_rows(self, method: str) -> bool:
         """Whether ``method``'s own executor has whole-decoder rows (used on a CPU, see :meth:`at`)."""
@@ -188,12 +195,10 @@ class ContextModel:
         """The factor at every design point of ``pts`` (ones without calibrated rows): the
         dense decoder's of ``kv_cache``, or at s > 0 ``method``'s own where it has rows."""
         dense = self._law(spec, pts, kv_cache, routed=False)
-        if method is None or method in OP_FOR_KV_CACHE or not self.has_own_rows(method):
-            return np.ones(len(pts)) if dense is None else dense
-        own = self._law(spec, pts, method, routed=True)
-        if own is None:
-            return np.ones(len(pts)) if dense is None else dense
-        return np.where(pts.sparsity > 0, own, 1.0 if dense is None else dense)
+        if dense is None:
+            dense = np.ones(len(pts))
+        own = self._law(spec, pts, method, routed=True) if method and self.has_own_rows(method) else None
+        return dense if own is None else np.where(pts.sparsity > 0, own, dense)
 
     def _law(self, spec: ModelSpec, pts: Points, executor: str, routed: bool) -> np.ndarray | None:
         dims = self.nearest_dims(spec, executor)
@@ -320,18 +325,28 @@ def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
     return best[1] if best else {}
 
 
-def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
-                   kv_cache: str = "concat", method: str = "dense",
-                   sparsity: float = 0.0) -> tuple[float, float, float]:
+def decoder_op_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
+                    kv_cache: str = "concat", method: str = "dense",
+                    sparsity: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted µs of the decoder ``spec`` (``method`` at ``sparsity``; dense by default)
-    without its LM head, from per-op rows; the framework ops it issues per step; and how many
-    of those are host-only loop glue."""
+    without its LM head at each (batch, length), from per-op rows; the framework ops it issues
+    per step; and how many of those are host-only loop glue."""
     from pis.simulator.pruning import PruneOptions, build_ops
     from pis.simulator.sweep import evaluate
 
-    seq, ctx = (length, length) if phase == "prefill" else (1, length)
-    pts = Points.make(phase, np.array([batch]), np.array([seq]), np.array([ctx]), sparsity)
+    batch, length = np.atleast_1d(batch), np.atleast_1d(length)
+    seq, ctx = (length, length) if phase == "prefill" else (np.ones_like(length), length)
+    pts = Points.make(phase, batch, seq, ctx, sparsity)
     # The cache discipline of the executor that measured the row.
     groups = [g for g in build_ops(method, spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != "lm_head"]
-    tot = evaluate(est, groups, 1)
-    return float(tot.latency_us[0]), float(tot.host_ops[0]), float(tot.glue_ops[0])
+    tot = evaluate(est, groups, len(pts))
+    return tot.latency_us, tot.host_ops, tot.glue_ops
+
+
+def decoder_op_sum(est: Estimator, spec: ModelSpec, phase: str, batch: int, length: int,
+                   kv_cache: str = "concat", method: str = "dense",
+                   sparsity: float = 0.0) -> tuple[float, float, float]:
+    """:func:`decoder_op_sums` at one (batch, length)."""
+    pred, host_ops, glue = decoder_op_sums(est, spec, phase, np.array([batch]), np.array([length]),
+                                           kv_cache, method, sparsity)
+    return float(pred[0]), float(host_ops[0]), float(glue[0])

@@ -296,7 +296,8 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
             gemm("k_proj", t, g * hd, d_model, on), gemm("v_proj", t, g * hd, d_model, on),
             memop("rope_k", "rope", t * g * hd, on, "elementwise"),
             *_kv_append(pts, on, pts.batch, pts.kv_len, g, hd, o)]
-    for t_g, calls in _group_loads(pts, s, g, on):
+    head_loads, ffn_loads = _group_loads(pts, s, g, on), _group_loads(pts, s, nf, on)
+    for t_g, calls in head_loads:
         if pts.phase == "prefill":
             attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
         else:
@@ -314,14 +315,14 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
                 gemm("o_proj", t_g, d_model, hg * hd, calls),
                 memop("head_scatter", "scatter_add", t_g * d_model, calls, "routing")]
     ops.append(memop("post_attn_norm", "rmsnorm", t * d_model, on, "norm"))
-    for t_g, calls in _group_loads(pts, s, nf, on):
+    for t_g, calls in ffn_loads:
         ops += [memop("ffn_gather", "gather", t_g * d_model, calls, "routing"),
                 gemm("gate_proj", t_g, fg, d_model, calls), gemm("up_proj", t_g, fg, d_model, calls),
                 memop("silu_mul", "silu_mul", t_g * fg, calls, "elementwise"),
                 gemm("down_proj", t_g, d_model, fg, calls),
                 memop("ffn_scatter", "scatter_add", t_g * d_model, calls, "routing")]
     per_layer, per_group = WIDTH_GLUE[pts.phase]
-    runs = sum(calls for _, calls in _group_loads(pts, s, g, on) + _group_loads(pts, s, nf, on))
+    runs = sum(calls for _, calls in head_loads + ffn_loads)
     ops.append(host_glue("group_glue", 1.0, per_layer * on + per_group * runs))
     return ops
 
