@@ -43,14 +43,17 @@ def _with_decoders(synthetic, decode: dict | None = None) -> Profile:
     for (b, c), f in decode.items():
         t = f * decoder_op_sum(est, spec, "decode", b, c)[0]
         rows.append(dict(batch=b, q_len=1, kv_len=c, causal=0, median_us=t))
-    df = pd.DataFrame(rows).assign(op="dense_decoder", dtype="bf16", repeats=10, status="ok",
-                                   backend="test", **DIMS)
+    return _add_decoder_rows(synthetic.profile, "dense_decoder", rows)
+
+
+def _add_decoder_rows(base: Profile, op: str, rows: list[dict]) -> Profile:
+    """``base`` plus whole-decoder rows of ``op`` (shape and median_us given; the rest filled in)."""
+    df = pd.DataFrame(rows).assign(op=op, dtype="bf16", repeats=10, status="ok", backend="test", **DIMS)
     df["p10_us"], df["p90_us"] = df["median_us"] * 0.98, df["median_us"] * 1.02
     shape = {c: df[c].to_numpy() for c in ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim",
                                           "causal", "hidden", "ffn", "layers")}
-    df["flops"], df["bytes"] = op_flops("dense_decoder", shape), op_bytes("dense_decoder", shape, "bf16")
-    rows = normalize_rows(pd.concat([synthetic.profile.rows, df], ignore_index=True))
-    return Profile(rows=rows, meta=dict(synthetic.profile.meta))
+    df["flops"], df["bytes"] = op_flops(op, shape), op_bytes(op, shape, "bf16")
+    return Profile(rows=normalize_rows(pd.concat([base.rows, df], ignore_index=True)), meta=dict(base.meta))
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +196,7 @@ def _with_routed(synthetic, family: str = "dynamic-width") -> Profile:
             op_sum, _, glue = decoder_op_sum(est, spec, "prefill", 1, tokens, "preallocated", family, s)
             rows.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1, sparsity_pct=round(100 * s),
                              median_us=float(routed_law(tokens, s)) * op_sum + glue * floor))
-    op = ROUTED_DECODER_OPS[family]
-    df = pd.DataFrame(rows).assign(op=op, dtype="bf16", repeats=10, status="ok", backend="test", **DIMS)
-    df["p10_us"], df["p90_us"] = df["median_us"] * 0.98, df["median_us"] * 1.02
-    shape = {c: df[c].to_numpy() for c in ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim",
-                                          "causal", "hidden", "ffn", "layers")}
-    df["flops"], df["bytes"] = op_flops(op, shape), op_bytes(op, shape, "bf16")
-    return Profile(rows=normalize_rows(pd.concat([base.rows, df], ignore_index=True)), meta=dict(base.meta))
+    return _add_decoder_rows(base, ROUTED_DECODER_OPS[family], rows)
 
 
 def test_routed_family_takes_its_own_factor_from_its_rows(synthetic):
