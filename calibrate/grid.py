@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from pis.errors import PisError
-from pis.profiles.schema import (DECODER_OPS, DTYPE_BYTES, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, WHOLE_DECODER_OPS,
-                                 op_bytes, op_flops)
+from pis.profiles.schema import (DECODER_OPS, DTYPE_BYTES, FRAMEWORK_OP, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS,
+                                 WHOLE_DECODER_OPS, op_bytes, op_flops)
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pis.calibrate.timing import TimingConfig
@@ -253,6 +253,15 @@ ROUTED_DECODE_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+#: The decoder_framework rows (CPU grids, not tiny): Hugging Face's decoder at a width where its
+#: ops' work is negligible, at two depths and two small points per phase, so that the framework's
+#: cost per step splits into a constant and a cost per framework op (simulator/context.py).
+FRAMEWORK_DIMS: dict[str, int] = dict(hidden=64, ffn=128, heads=2, kv_heads=1, head_dim=32)
+FRAMEWORK_LAYERS: tuple[int, ...] = (2, 4)
+FRAMEWORK_SHAPES: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = (
+    ((1, 32), (1, 64)), ((1, 256), (1, 1024)))
+
+
 def _context_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
     """(prefill, decode) shapes of the whole-decoder points of grid ``name`` on ``device_kind``."""
     kind = "cuda" if device_kind == "cuda" else "cpu"
@@ -283,6 +292,11 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
                         for b, q in prefill]
                 pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, sparsity_pct=pct, **base)
                         for b in batches for c in contexts]
+        prefill, decode = FRAMEWORK_SHAPES
+        for layers in FRAMEWORK_LAYERS:
+            dims = dict(FRAMEWORK_DIMS, layers=layers)
+            pts += [point(FRAMEWORK_OP, batch=b, q_len=q, kv_len=q, causal=1, **dims) for b, q in prefill]
+            pts += [point(FRAMEWORK_OP, batch=b, q_len=1, kv_len=c, causal=0, **dims) for b, c in decode]
     return pts
 
 

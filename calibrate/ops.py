@@ -499,6 +499,8 @@ BUILDERS: dict[str, Builder] = {
     "kv_concat": build_kv_concat,
     "dense_decoder": build_dense_decoder,
     "dense_decoder_prealloc": build_dense_decoder_prealloc,
+    # the same Hugging Face decoder; its rows' shapes are the negligible width (grid.FRAMEWORK_DIMS)
+    "decoder_framework": build_dense_decoder,
     **{op: build_routed_decoder(family) for family, op in ROUTED_DECODER_OPS.items()},
     "overhead": build_overhead,
     "host_glue": build_host_glue,

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Every shape column a profile may carry; columns an op does not use are null.
 SHAPE_COLUMNS: tuple[str, ...] = (
@@ -198,6 +198,11 @@ OPS: dict[str, OpKind] = {
                  f"family's own in-context check (its loops and gathers do what no dense decoder does)",
                  _decoder_flops, _decoder_bytes)
           for family, op in ROUTED_DECODER_OPS.items()),
+        OpKind("decoder_framework", _DECODER_COLUMNS,
+               "the Hugging Face decoder of dense_decoder at a negligible width (hidden 64), prefill "
+               "or one decode step: what its framework costs per step (Python modules, mask and "
+               "cache handling, dispatch) apart from its ops' work; timed at two depths (schema v4)",
+               _decoder_flops, _decoder_bytes),
         OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
                _zero, lambda s, e: _zero(s)),
         OpKind("host_glue", (), "host time per framework op of an eager loop's glue (views, "
@@ -209,8 +214,10 @@ OPS: dict[str, OpKind] = {
 #: Whole-decoder ops: not executed by a simulation, they calibrate its in-context factor
 #: (``dense_decoder`` for --kv-cache concat, ``dense_decoder_prealloc`` for preallocated).
 DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
+#: The Hugging Face decoder at a negligible width: its framework cost per step (schema v4).
+FRAMEWORK_OP = "decoder_framework"
 #: Every whole-decoder op, dense and routed: measured for the in-context model, never executed.
-WHOLE_DECODER_OPS: tuple[str, ...] = DECODER_OPS + tuple(ROUTED_DECODER_OPS.values())
+WHOLE_DECODER_OPS: tuple[str, ...] = DECODER_OPS + tuple(ROUTED_DECODER_OPS.values()) + (FRAMEWORK_OP,)
 
 #: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).
 REQUIRED_OPS: tuple[str, ...] = ("gemm", "attn_prefill", "attn_decode", "rmsnorm", "silu_mul",

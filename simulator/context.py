@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pis.profiles.schema import DECODER_OPS, ROUTED_DECODER_OPS, STATUS_OK
+from pis.profiles.schema import DECODER_OPS, FRAMEWORK_OP, ROUTED_DECODER_OPS, STATUS_OK
 from pis.simulator.host import combine
 from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
@@ -79,11 +79,29 @@ class ContextPoint:
     sparsity: float = 0.0
     #: µs of host-only loop glue the prediction adds outside the factor (routed rows, CPU)
     glue_us: float = 0.0
+    #: µs of Hugging Face framework cost added outside the factor (concat rows, CPU, v4)
+    framework_us: float = 0.0
 
     @property
     def factor(self) -> float:
-        """(measured − loop glue) / predicted op sum: what the factor must multiply."""
-        return (self.measured_us - self.glue_us) / self.predicted_us
+        """(measured − loop glue − framework) / predicted op sum: what the factor must multiply."""
+        return (self.measured_us - self.glue_us - self.framework_us) / self.predicted_us
+
+
+@dataclass(frozen=True)
+class Framework:
+    """What Hugging Face's decoder costs per step apart from its ops' work (CPU, one phase):
+    a constant per forward pass (embedding, masks, rotary tables, cache object) plus a cost per
+    framework op the decoder issues (module calls and Python around each op). Fitted to the
+    ``decoder_framework`` rows: the decoder at a negligible width, at two depths."""
+
+    step_us: float
+    us_per_op: float
+    rows: int
+
+    def cost_us(self, host_ops: "np.ndarray | float") -> np.ndarray:
+        """Framework µs of a step that issues ``host_ops`` framework ops."""
+        return self.step_us + self.us_per_op * np.asarray(host_ops, dtype=np.float64)
 
 
 class ContextModel:
@@ -91,7 +109,7 @@ class ContextModel:
 
     def __init__(self, est: Estimator) -> None:
         rows = est.profile.rows
-        rows = rows[rows["op"].isin(list(EXECUTOR_OF_OP)) & (rows["status"] == STATUS_OK)
+        rows = rows[rows["op"].isin([*EXECUTOR_OF_OP, FRAMEWORK_OP]) & (rows["status"] == STATUS_OK)
                     & (rows["dtype"] == est.dtype)]
         #: CUDA: eager steps are bound by the host issuing ops (:mod:`pis.simulator.host`);
         #: on a CPU the op timings already include their dispatch.
@@ -101,6 +119,10 @@ class ContextModel:
         self._glue_us = est.host_glue_us
         #: CPU: µs per host-only glue op (measured host_glue, else the overhead row's dispatch)
         self._floor_us = self._glue_us if self._glue_us is not None else (self._overhead_us or 0.0)
+        #: CPU, per phase: Hugging Face's framework cost, priced outside the concat factor
+        self.framework: dict[str, Framework] = ({} if self.host_bound else
+                                                fit_framework(est, rows[rows["op"] == FRAMEWORK_OP]))
+        rows = rows[rows["op"] != FRAMEWORK_OP]
         #: (executor, dims) -> measured points; executor: "concat", "preallocated" or a family
         self.points: dict[tuple, list[ContextPoint]] = {}
         # One vectorized op-sum evaluation per decoder (executor, shape, phase, sparsity), not
@@ -123,9 +145,11 @@ class ContextModel:
             else:
                 pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, "preallocated",
                                                        method=executor, sparsity=s)
+            fw = self.framework.get(phase) if executor == "concat" else None
+            framework_us = fw.cost_us(host_ops) if fw else np.zeros(len(batch))
             self.points.setdefault((executor, dims), []).extend(
                 ContextPoint(phase, int(batch[i]), int(length[i]), float(median_us[i]), float(pred[i]),
-                             float(host_ops[i]), s, float(glue[i]) * self._floor_us)
+                             float(host_ops[i]), s, float(glue[i]) * self._floor_us, float(framework_us[i]))
                 for i in range(len(batch)))
         self._interp: dict[tuple, object] = {}
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
@@ -162,6 +186,11 @@ class ContextModel:
         (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and index
         tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
         ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
+        With ``kv_cache="concat"`` (Hugging Face's executor) and a profile that measured it,
+        Hugging Face's framework cost (:class:`Framework`) adds to the step too, outside the
+        factor: it scales with the ops issued, not with their work, so a model with fewer layers
+        or smaller GEMMs keeps all of it per op (not at s > 0 of a family with its own rows,
+        whose reference executor has no such cost).
         """
         glue_us = self._glue_us
         if self.host_bound:
@@ -171,7 +200,12 @@ class ContextModel:
             return lambda op_sum, host_ops, glue_ops=0.0: fit.latency_us(
                 np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us)
         factor, floor_us = self.factor(spec, pts, kv_cache, method), self._floor_us
-        return lambda op_sum, host_ops, glue_ops=0.0: factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+        fw = self.framework.get(pts.phase) if kv_cache == "concat" else None
+        if fw is None:
+            return lambda op_sum, host_ops, glue_ops=0.0: factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+        hf = (pts.sparsity == 0) if method and self.has_own_rows(method) else np.ones(len(pts), dtype=bool)
+        return lambda op_sum, host_ops, glue_ops=0.0: (factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+                                                       + np.where(hf, fw.cost_us(host_ops), 0.0))
 
     def host_fits(self) -> dict[tuple, "HostFit"]:
         """The fitted host-issue models, keyed (kv_cache, dims, phase); fitted on first use."""
@@ -250,7 +284,8 @@ class ContextModel:
             for p in sorted(cps, key=lambda p: (p.phase, p.sparsity, p.batch, p.length)):
                 out.append(dict(executor=ex, **dict(zip(DIMS, dims)), phase=p.phase, sparsity=p.sparsity,
                                 batch=p.batch, length=p.length, measured_ms=p.measured_us / 1e3,
-                                op_sum_ms=p.predicted_us / 1e3, factor=p.factor))
+                                op_sum_ms=p.predicted_us / 1e3, framework_ms=p.framework_us / 1e3,
+                                factor=p.factor))
         return out
 
 
@@ -323,6 +358,30 @@ def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
         if best is None or sse < best[0]:
             best = (sse, {k: f for k, (f, _) in fits.items()})
     return best[1] if best else {}
+
+
+def fit_framework(est: Estimator, rows) -> dict[str, Framework]:
+    """Per phase, :class:`Framework` fitted to ``decoder_framework`` rows: measured − predicted op
+    sum = step_us + us_per_op · framework ops, by non-negative least squares (scipy's ``nnls``)
+    over the rows' two depths. A phase needs rows at two op counts."""
+    from scipy.optimize import nnls
+
+    by_phase: dict[str, list] = {}
+    for r in rows.itertuples(index=False):
+        phase = "prefill" if int(r.causal) else "decode"
+        spec = ModelSpec("framework", hidden=int(r.hidden), ffn=int(r.ffn), layers=int(r.layers),
+                         heads=int(r.heads), kv_heads=int(r.kv_heads), head_dim=int(r.head_dim), vocab=1)
+        length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
+        pred, host_ops, _ = decoder_op_sum(est, spec, phase, int(r.batch), length, "concat")
+        by_phase.setdefault(phase, []).append((host_ops, float(r.median_us) - pred))
+    out = {}
+    for phase, pts in by_phase.items():
+        ops, residual = (np.array(c) for c in zip(*pts))
+        if np.unique(ops).size < 2:
+            continue
+        (step_us, per_op), _ = nnls(np.column_stack([np.ones(len(ops)), ops]), residual)
+        out[phase] = Framework(float(step_us), float(per_op), len(ops))
+    return out
 
 
 def decoder_op_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,

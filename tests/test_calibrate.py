@@ -24,7 +24,7 @@ from pis.calibrate.runner import RunOptions, calibrate  # noqa: E402
 from pis.calibrate.timing import CpuTimer, Timer, TimingConfig, summarize  # noqa: E402
 from pis.errors import PisError  # noqa: E402
 from pis.profiles.cli import main as profile_main  # noqa: E402
-from pis.profiles.schema import OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, STATUS_OK  # noqa: E402
+from pis.profiles.schema import FRAMEWORK_OP, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, STATUS_OK  # noqa: E402
 from pis.profiles.store import KEY_COLUMNS, keys_of, load_profile, read_profile, row_key  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,13 +47,22 @@ def test_grid_sizes_grow_and_cover_every_op(kind, dtype):
     assert totals == sorted(totals) and len(set(totals)) == len(totals), counts
     assert 20 <= counts["tiny"]["total"] <= 80
     for name in GRID_NAMES:
-        # Routed decoders: CPU grids, except the seconds-long tiny one.
-        routed = set(ROUTED_DECODER_OPS.values())
-        want = set(OPS) if kind == "cpu" and name != "tiny" else set(OPS) - routed
+        # Routed decoders and the framework rows: CPU grids, except the seconds-long tiny one.
+        cpu_only = set(ROUTED_DECODER_OPS.values()) | {FRAMEWORK_OP}
+        want = set(OPS) if kind == "cpu" and name != "tiny" else set(OPS) - cpu_only
         assert want <= set(counts[name]), (name, counts[name])
         assert not (set(OPS) - want) & set(counts[name]), (name, counts[name])
         points = build_grid(name, kind, dtype).points
         assert len(set(points)) == len(points)
+
+
+def test_framework_rows_are_a_negligible_width_at_two_depths():
+    from pis.calibrate.grid import FRAMEWORK_DIMS
+
+    pts = [p.shape_dict for p in build_grid("quick", "cpu", "fp32").points if p.op == FRAMEWORK_OP]
+    assert len(pts) == 8 and all(p["hidden"] == FRAMEWORK_DIMS["hidden"] <= 64 for p in pts)
+    for causal in (0, 1):  # both phases at two depths: the fit splits per step from per op
+        assert len({p["layers"] for p in pts if p["causal"] == causal}) == 2
 
 
 def test_cpu_grids_cover_the_cpu_validation_suite():
@@ -163,7 +172,7 @@ def test_every_op_builds_and_runs_on_cpu(op):
               "overhead": {}}
     decoder = dict(batch=1, q_len=1, kv_len=16, heads=4, kv_heads=2, head_dim=64, causal=0, hidden=256,
                    ffn=512, layers=1)
-    shapes.update(dense_decoder=decoder, dense_decoder_prealloc=decoder)
+    shapes.update(dense_decoder=decoder, dense_decoder_prealloc=decoder, decoder_framework=decoder)
     shapes.update({routed: dict(decoder, sparsity_pct=50) for routed in ROUTED_DECODER_OPS.values()})
     bench = ops.build(op, shapes.get(op, dict(numel=3 * 4096)), torch.float32, torch.device("cpu"))
     out = bench.fn()

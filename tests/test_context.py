@@ -48,7 +48,9 @@ def _with_decoders(synthetic, decode: dict | None = None) -> Profile:
 
 def _add_decoder_rows(base: Profile, op: str, rows: list[dict]) -> Profile:
     """``base`` plus whole-decoder rows of ``op`` (shape and median_us given; the rest filled in)."""
-    df = pd.DataFrame(rows).assign(op=op, dtype="bf16", repeats=10, status="ok", backend="test", **DIMS)
+    df = pd.DataFrame(rows).assign(op=op, dtype="bf16", repeats=10, status="ok", backend="test")
+    for k, v in DIMS.items():  # rows may give their own dimensions
+        df[k] = df[k].fillna(v) if k in df else v
     df["p10_us"], df["p90_us"] = df["median_us"] * 0.98, df["median_us"] * 1.02
     shape = {c: df[c].to_numpy() for c in ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim",
                                           "causal", "hidden", "ffn", "layers")}
@@ -250,3 +252,77 @@ def test_v2_profile_without_sparsity_column_still_reads(synthetic, tmp_path):
         {**pq.read_schema(path).metadata, b"pis.schema_version": b"3"}), path)
     with pytest.raises(ProfileError, match="lacks profile columns: sparsity_pct"):
         read_profile(path)
+
+
+# --- Hugging Face's framework cost (schema v4) -------------------------------------------------
+
+FRAMEWORK = {"prefill": (1200.0, 4.0), "decode": (900.0, 5.0)}  # step µs, µs per framework op
+TINY = dict(hidden=64, ffn=128, heads=2, kv_heads=1, head_dim=32)
+
+
+def _framework_us(phase: str, host_ops: float) -> float:
+    step, per_op = FRAMEWORK[phase]
+    return step + per_op * host_ops
+
+
+def _with_framework(synthetic) -> Profile:
+    """Dense rows measured = law x op sum + framework cost, and decoder_framework rows at two
+    depths measured = op sum + framework cost: the fit must recover both exactly."""
+    est = Estimator(synthetic.profile)
+    spec = ModelSpec("d", vocab=1, **DIMS)
+    dense = []
+    for tokens, f in PREFILL.items():
+        op_sum, host, _ = decoder_op_sum(est, spec, "prefill", 1, tokens)
+        dense.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1,
+                          median_us=f * op_sum + _framework_us("prefill", host)))
+    for (b, c), f in DECODE.items():
+        op_sum, host, _ = decoder_op_sum(est, spec, "decode", b, c)
+        dense.append(dict(batch=b, q_len=1, kv_len=c, causal=0, median_us=f * op_sum + _framework_us("decode", host)))
+    tiny = []
+    for layers in (2, 4):
+        small = ModelSpec("t", vocab=1, layers=layers, **TINY)
+        for phase, (b, n) in (("prefill", (1, 32)), ("prefill", (1, 64)), ("decode", (1, 256)), ("decode", (1, 1024))):
+            op_sum, host, _ = decoder_op_sum(est, small, phase, b, n)
+            q = n if phase == "prefill" else 1
+            tiny.append(dict(batch=b, q_len=q, kv_len=n, causal=int(phase == "prefill"), layers=layers,
+                             median_us=op_sum + _framework_us(phase, host), **TINY))
+    return _add_decoder_rows(_add_decoder_rows(synthetic.profile, "dense_decoder", dense), "decoder_framework", tiny)
+
+
+def test_framework_cost_is_recovered_and_adds_outside_the_factor(synthetic):
+    from pis.simulator.points import Points
+
+    ctx = Estimator(_with_framework(synthetic)).context
+    for phase, (step, per_op) in FRAMEWORK.items():
+        fw = ctx.framework[phase]
+        assert (fw.step_us, fw.us_per_op) == (pytest.approx(step, rel=1e-6), pytest.approx(per_op, rel=1e-6))
+    # The dense factor is what is left once the framework is taken out: the planted law.
+    pts = Points.make("prefill", 1, np.array([96, 384, 1536]), 1, 0.0)
+    np.testing.assert_allclose(ctx.factor(SPEC, pts, "concat"), prefill_law(pts.seq_len), rtol=1e-6)
+    # A step of op sum 1000 µs issuing 100 ops: factor x 1000 + the framework's cost of 100 ops.
+    got = ctx.at(SPEC, pts, "concat")(np.full(3, 1000.0), np.full(3, 100.0))
+    np.testing.assert_allclose(got, prefill_law(pts.seq_len) * 1000.0 + 1200.0 + 4.0 * 100, rtol=1e-9)
+    # The reference decoder's cache discipline has no Hugging Face framework (and no rows here).
+    np.testing.assert_allclose(ctx.at(SPEC, pts, "preallocated")(np.full(3, 1000.0), np.full(3, 100.0)), 1000.0)
+
+
+def test_shallower_model_keeps_the_per_step_framework_cost(synthetic):
+    """Static depth halves the layers: the framework's per-op part shrinks with them, its
+    per-step part does not (a factor alone would have scaled both)."""
+    est = Estimator(_with_framework(synthetic))
+    kw = dict(methods=("dense", "static-depth"), sparsities=(0.5,))
+    a = _run(est, "decode", [1], [1], [512], **kw).set_index("method")
+    b = _run(est, "decode", [1], [1], [512], in_context=False, **kw).set_index("method")
+    extra = (a["latency_ms"] - float(decode_law(1, 512)) * b["latency_ms"]) * 1e3  # framework µs
+    step, per_op = FRAMEWORK["decode"]
+    host = {n: decoder_op_sum(est, SPEC.with_options(layers=n), "decode", 1, 512)[1] for n in (2, 4)}
+    assert extra["static-depth"] > step
+    assert extra["dense"] - extra["static-depth"] == pytest.approx(per_op * (host[4] - host[2]), rel=1e-6)
+
+
+def test_framework_rows_are_ignored_on_gpus():
+    from tests.conftest import make_synthetic
+
+    prof = make_synthetic("cuda").profile
+    tiny = [dict(batch=1, q_len=1, kv_len=256, causal=0, layers=n, median_us=1000.0 * n, **TINY) for n in (2, 4)]
+    assert Estimator(_add_decoder_rows(prof, "decoder_framework", tiny)).context.framework == {}
