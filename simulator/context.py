@@ -32,6 +32,16 @@ profiles (schema v3) also time each routed family's own decoder at two sparsitie
 factor from those rows, by the same law plus a term in s; dense, static families and s = 0
 keep the dense decoder's factor.
 
+Hugging Face's executor also costs time that scales with the ops it issues, not with their
+work: on the 2-core CPU about 1 ms per forward pass (embedding, masks, rotary tables, the cache
+object) plus about 5 µs per framework op (module calls and the Python around each op), some
+2 ms of a 4-layer decode step at any width. A factor scales that with the op sum, so models
+with fewer layers or smaller GEMMs (static depth, static width, low-rank at batch 1) were
+under-predicted by 10-20 %. CPU profiles of schema v4 therefore time the same decoder at a
+negligible width and two depths (``decoder_framework`` rows); :func:`fit_framework` splits
+their time into a cost per step and per op, which CPU ``--kv-cache concat`` predictions add
+outside the factor (and the dense rows' factors exclude).
+
 That law is for CPUs. On a GPU what the op sum misses is mostly the host issuing framework
 ops, which scales with the number of ops, not with kernel time, so CUDA profiles use the same
 rows to fit the host-issue model instead (:func:`fit_hosts`, :mod:`pis.simulator.host`).
