@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pis.calibrate.validate import error_pct, predict, suite_configs, summarize
+from pis.calibrate.validate import SPEEDUP_KEY, error_pct, predict, suite_configs, summarize, with_speedups
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.estimator import Estimator
@@ -49,14 +49,18 @@ def main() -> None:
                          measured_ms=r.measured_ms, predicted_ms=pred,
                          error_pct=error_pct(pred, r.measured_ms), predicted_ops_ms=pred / factor,
                          ops_error_pct=error_pct(pred / factor, r.measured_ms), context_factor=factor,
-                         extrapolated=extrap))
-    out = pd.DataFrame(rows)
+                         extrapolated=extrap, **{k: getattr(r, k) for k in SPEEDUP_KEY if k != "phase"}))
+    out = with_speedups(pd.DataFrame(rows))
     show = ["config", "measured_ms", "predicted_ms", "error_pct", "context_factor", "extrapolated"]
     print(out[show].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print()
     print(summarize(out).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     err = out["error_pct"].abs()
     print(f"\n{len(out)} configurations: median |error| {err.median():.1f} %, max {err.max():.1f} %")
+    speed = out["speedup_error_pct"].abs().dropna()
+    if len(speed):
+        print(f"speedup over dense at the same point ({len(speed)} pruned configurations): "
+              f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
     if args.out:
         out.to_csv(args.out, index=False)
         print(f"wrote {args.out}")

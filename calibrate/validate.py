@@ -36,8 +36,11 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
     "predicted_ms", "error_pct", "predicted_ops_ms", "ops_error_pct", "context_factor",
     "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct",
-    "machine_drift_pct", "drift_adjusted_error_pct",
+    "machine_drift_pct", "drift_adjusted_error_pct", "measured_speedup", "predicted_speedup",
+    "speedup_error_pct",
 )
+#: A pruned configuration's dense counterpart: the same model and executor at the same point.
+SPEEDUP_KEY: tuple[str, ...] = ("model", "layers", "backend", "phase", "batch", "seq_len", "context_len")
 
 #: Small Llama-shaped models that run quickly on two CPU cores.
 CPU_TINY = ModelSpec("cpu-tiny", hidden=256, ffn=704, layers=2, heads=4, kv_heads=2, head_dim=64, vocab=2048)
@@ -235,7 +238,8 @@ def run_configs(configs: list[Config], est: Estimator, device: torch.device, dty
                    predicted_ms=np.nan, error_pct=np.nan, predicted_ops_ms=np.nan, ops_error_pct=np.nan,
                    context_factor=np.nan, extrapolated=False, status="ok",
                    device=str(device), dtype=dname, rounds=1, round_spread_pct=0.0,
-                   machine_drift_pct=np.nan, drift_adjusted_error_pct=np.nan)
+                   machine_drift_pct=np.nan, drift_adjusted_error_pct=np.nan, measured_speedup=np.nan,
+                   predicted_speedup=np.nan, speedup_error_pct=np.nan)
         try:
             row["predicted_ms"], row["extrapolated"], row["context_factor"] = predict(est, cfg)
             row["predicted_ops_ms"] = row["predicted_ms"] / row["context_factor"]
@@ -314,6 +318,28 @@ def with_drift(report: pd.DataFrame, drift_pct: "float | np.ndarray") -> pd.Data
     return out
 
 
+def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
+    """``report`` with each pruned configuration's speedup over its dense counterpart
+    (:data:`SPEEDUP_KEY`), measured and predicted, and ``speedup_error_pct`` between them.
+
+    This is the figure a pruning study reads. A common error of the absolute level (the machine
+    running slower than at calibration, the in-context factor's own scatter) cancels in it, so
+    it shows how well the op graph and the in-context model carry from dense to pruned. Rows
+    without a measured dense counterpart, and the dense rows themselves, stay NaN.
+    """
+    out = report.copy()
+    key = list(SPEEDUP_KEY)
+    ok = out["status"] == "ok"
+    dense = (out[ok & (out["method"] == "dense")].drop_duplicates(key).set_index(key)
+             [["measured_ms", "predicted_ms"]].add_suffix("_dense"))
+    both = out.join(dense, on=key)
+    pruned = ok & (out["method"] != "dense") & both["measured_ms_dense"].notna()
+    out["measured_speedup"] = (both["measured_ms_dense"] / out["measured_ms"]).where(pruned)
+    out["predicted_speedup"] = (both["predicted_ms_dense"] / out["predicted_ms"]).where(pruned)
+    out["speedup_error_pct"] = error_pct(out["predicted_speedup"], out["measured_speedup"])
+    return out
+
+
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -323,13 +349,16 @@ def summarize(report: pd.DataFrame) -> pd.DataFrame:
     """Median and max |error| per family and phase, plus an overall row (ok rows only).
 
     ``*_abs_error_pct`` score the prediction (the op sum in context); ``ops_*`` score the
-    plain op sum, so the report shows what the factor contributes.
+    plain op sum, so the report shows what the factor contributes; ``speedup_*`` score the
+    predicted speedup over dense (:func:`with_speedups`; NaN for dense and without one).
     """
     ok = report[report["status"] == "ok"].copy()
     ok["abs_error_pct"] = ok["error_pct"].abs()
     ok["abs_ops_error_pct"] = ok["ops_error_pct"].abs()
+    ok["abs_speedup_error_pct"] = ok.get("speedup_error_pct", pd.Series(np.nan, index=ok.index)).abs()
     cols = ["method", "phase", "n", "median_abs_error_pct", "max_abs_error_pct",
-            "ops_median_abs_error_pct", "ops_max_abs_error_pct"]
+            "ops_median_abs_error_pct", "ops_max_abs_error_pct",
+            "speedup_median_abs_error_pct", "speedup_max_abs_error_pct"]
     if ok.empty:
         return pd.DataFrame(columns=cols)
 
@@ -337,7 +366,9 @@ def summarize(report: pd.DataFrame) -> pd.DataFrame:
         return {"n": len(df), "median_abs_error_pct": df["abs_error_pct"].median(),
                 "max_abs_error_pct": df["abs_error_pct"].max(),
                 "ops_median_abs_error_pct": df["abs_ops_error_pct"].median(),
-                "ops_max_abs_error_pct": df["abs_ops_error_pct"].max()}
+                "ops_max_abs_error_pct": df["abs_ops_error_pct"].max(),
+                "speedup_median_abs_error_pct": df["abs_speedup_error_pct"].median(),
+                "speedup_max_abs_error_pct": df["abs_speedup_error_pct"].max()}
 
     rows = [{"method": m, "phase": p, **stats(g)} for (m, p), g in ok.groupby(["method", "phase"], sort=True)]
     rows.append({"method": "overall", "phase": "all", **stats(ok)})

@@ -130,7 +130,7 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     from pis.calibrate.device import resolve_device
     from pis.calibrate.drift import measure_drift
     from pis.calibrate.validate import (EFFORT, check_profile, combine_rounds, default_dtype, run_configs,
-                                        suite_configs, suite_models, summarize, with_drift)
+                                        suite_configs, suite_models, summarize, with_drift, with_speedups)
     from pis.profiles.shipped import resolve_profile
     from pis.profiles.store import load_profile
     from pis.simulator.estimator import Estimator
@@ -162,10 +162,14 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
                 drifts.append(d)
         rep = run_configs(configs, est, dev, dtype, EFFORT[suite], progress=progress(label))
         reports.append(with_drift(rep, d.median_pct) if d is not None else rep)
-    report = combine_rounds(reports)
+    report = with_speedups(combine_rounds(reports))
     click.echo(format_table(report))
     click.echo("")
     click.echo(format_summary(summarize(report)))
+    speed = report["speedup_error_pct"].abs().dropna()
+    if len(speed):
+        click.echo(f"\nspeedup over dense at the same point ({len(speed)} pruned configurations): "
+                   f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
     extra = "; * = some op extrapolated" if report["extrapolated"].any() else ""
     if rounds > 1:
         extra += (f"; median of {rounds} rounds (round-to-round spread: median "

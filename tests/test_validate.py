@@ -19,7 +19,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from pis.calibrate import reference_decoder as rd  # noqa: E402
 from pis.calibrate.validate import (REPORT_COLUMNS, combine_rounds,  # noqa: E402
-                                    suite_configs, summarize)
+                                    suite_configs, summarize, with_speedups)
 from pis.calibrate.timing import TimingConfig, measure_runner  # noqa: E402
 from pis.calibrate.validate_cli import main  # noqa: E402
 from pis.calibrate.validate_models import (PrunedLayer, Runner, Unsupported,  # noqa: E402
@@ -226,6 +226,28 @@ def test_summary_per_family_and_overall():
     assert s.loc["a", "ops_median_abs_error_pct"] == 30.0 and s.loc["overall", "ops_max_abs_error_pct"] == 40.0
     assert s.loc["b", "n"] == 1 and s.loc["overall", "n"] == 3
     assert s.loc["overall", "max_abs_error_pct"] == 30.0
+
+
+def test_speedups_pair_each_pruned_row_with_its_dense_counterpart():
+    base = dict(model="m", layers=4, phase="decode", batch=1, seq_len=1, context_len=512, status="ok")
+    rep = pd.DataFrame([
+        dict(base, backend="hf", method="dense", measured_ms=10.0, predicted_ms=12.0),
+        dict(base, backend="hf", method="static-depth", measured_ms=5.0, predicted_ms=6.6),
+        dict(base, backend="reference", method="dense", measured_ms=8.0, predicted_ms=8.0),
+        dict(base, backend="reference", method="dynamic-depth", measured_ms=4.0, predicted_ms=5.0),
+        dict(base, backend="hf", method="low-rank", batch=2, measured_ms=4.0, predicted_ms=4.0),  # no dense at B=2
+        dict(base, backend="hf", method="static-width", measured_ms=np.nan, predicted_ms=6.0, status="error: x"),
+    ])
+    rep["error_pct"] = rep["ops_error_pct"] = 100 * (rep["predicted_ms"] / rep["measured_ms"] - 1)
+    out = with_speedups(rep)
+    # 12 / 6.6 predicted vs 10 / 5 measured; the reference executor pairs with its own dense
+    assert out.loc[1, "measured_speedup"] == 2.0
+    assert out.loc[1, "speedup_error_pct"] == pytest.approx(100 * ((12 / 6.6) / 2.0 - 1))
+    assert out.loc[3, "predicted_speedup"] == 1.6 and out.loc[3, "speedup_error_pct"] == pytest.approx(-20.0)
+    assert out.loc[[0, 2, 4, 5], "speedup_error_pct"].isna().all()
+    s = summarize(out).set_index("method")
+    assert s.loc["overall", "speedup_max_abs_error_pct"] == pytest.approx(20.0)
+    assert np.isnan(s.loc["dense", "speedup_median_abs_error_pct"])
 
 
 # --- the real models ---------------------------------------------------------------------------
