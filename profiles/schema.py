@@ -201,7 +201,7 @@ OPS: dict[str, OpKind] = {
         OpKind("decoder_framework", _DECODER_COLUMNS,
                "the Hugging Face decoder of dense_decoder at a negligible width (hidden 64), prefill "
                "or one decode step: what its framework costs per step (Python modules, mask and "
-               "cache handling, dispatch) apart from its ops' work; timed at two depths (schema v4)",
+               "cache handling, dispatch) apart from its ops' work; timed at several depths (schema v4)",
                _decoder_flops, _decoder_bytes),
         OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
                _zero, lambda s, e: _zero(s)),

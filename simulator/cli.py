@@ -290,8 +290,9 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     the `path` column shows the mix, and EXTRAP flags any op outside the calibrated range.
     Profiles that measured whole dense decoders add what a real eager model loses beyond its
     op sum (column `ctx_x` = latency / op sum): on a GPU, the host issuing every framework
-    op (a decode step at small batch waits on Python, not on the GPU); on a CPU, cache misses,
-    allocation and framework glue.
+    op (a decode step at small batch waits on Python, not on the GPU); on a CPU, cache misses
+    and allocation (a factor), plus Hugging Face's framework cost per step and per op where
+    the profile measured it (a shallower or narrower model keeps all of it per op).
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
     time) and `flops_x` the FLOPs ratio.
 

@@ -38,7 +38,7 @@ object) plus about 5 µs per framework op (module calls and the Python around ea
 2 ms of a 4-layer decode step at any width. A factor scales that with the op sum, so models
 with fewer layers or smaller GEMMs (static depth, static width, low-rank at batch 1) were
 under-predicted by 10-20 %. CPU profiles of schema v4 therefore time the same decoder at a
-negligible width and two depths (``decoder_framework`` rows); :func:`fit_framework` splits
+negligible width and four depths (``decoder_framework`` rows); :func:`fit_framework` splits
 their time into a cost per step and per op, which CPU ``--kv-cache concat`` predictions add
 outside the factor (and the dense rows' factors exclude).
 
@@ -103,7 +103,7 @@ class Framework:
     """What Hugging Face's decoder costs per step apart from its ops' work (CPU, one phase):
     a constant per forward pass (embedding, masks, rotary tables, cache object) plus a cost per
     framework op the decoder issues (module calls and Python around each op). Fitted to the
-    ``decoder_framework`` rows: the decoder at a negligible width, at two depths."""
+    ``decoder_framework`` rows: the decoder at a negligible width, at several depths."""
 
     step_us: float
     us_per_op: float
@@ -373,7 +373,7 @@ def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
 def fit_framework(est: Estimator, rows) -> dict[str, Framework]:
     """Per phase, :class:`Framework` fitted to ``decoder_framework`` rows: measured − predicted op
     sum = step_us + us_per_op · framework ops, by non-negative least squares (scipy's ``nnls``)
-    over the rows' two depths. A phase needs rows at two op counts."""
+    over the rows' depths. A phase needs rows at two op counts at least."""
     from scipy.optimize import nnls
 
     by_phase: dict[str, list] = {}

@@ -60,9 +60,9 @@ def test_framework_rows_are_a_negligible_width_at_two_depths():
     from pis.calibrate.grid import FRAMEWORK_DIMS
 
     pts = [p.shape_dict for p in build_grid("quick", "cpu", "fp32").points if p.op == FRAMEWORK_OP]
-    assert len(pts) == 8 and all(p["hidden"] == FRAMEWORK_DIMS["hidden"] <= 64 for p in pts)
-    for causal in (0, 1):  # both phases at two depths: the fit splits per step from per op
-        assert len({p["layers"] for p in pts if p["causal"] == causal}) == 2
+    assert len(pts) == 16 and all(p["hidden"] == FRAMEWORK_DIMS["hidden"] <= 64 for p in pts)
+    for causal in (0, 1):  # both phases at several depths: the fit splits per step from per op
+        assert len({p["layers"] for p in pts if p["causal"] == causal}) == 4
 
 
 def test_cpu_grids_cover_the_cpu_validation_suite():
