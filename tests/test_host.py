@@ -139,7 +139,12 @@ def test_cpu_profiles_keep_the_factor_law():
     pts = Points.make("decode", np.array([4]), np.array([1]), np.array([1024]), 0.0)
     tot = evaluate(est, build_ops("dense", spec, pts, PruneOptions()), 1)
     got = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops)
-    assert np.allclose(got, est.context.factor(spec, pts) * tot.latency_us)
+    # The factor law, plus Hugging Face's measured framework cost per step and op (schema v4);
+    # the reference decoder's cache discipline has no framework rows.
+    fw = est.context.framework["decode"]
+    assert np.allclose(got, est.context.factor(spec, pts) * tot.latency_us + fw.cost_us(tot.host_ops))
+    pre = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, kv_cache="preallocated")
+    assert np.allclose(pre, est.context.factor(spec, pts, "preallocated") * tot.latency_us)
 
 
 def test_cpu_glue_adds_its_measured_host_time(make_synthetic):
