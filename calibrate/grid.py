@@ -23,16 +23,16 @@ Point counts (no ``--model``) and run times:
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
 tiny       50     51      seconds (tests)
-quick      963    2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
-                          (6 min 32 s, 2751 points, with them and the CPU validation model as
-                          --model); H100 323 s with --model llama-3.1-8b (5968 points)
-default    2808   11063   CPU 6 min 47 s on the 2-core CI machine before the routed decoders
-                          (151 s alone); GPU ~25 min (estimated)
-full       8634   26308   estimated: CPU ~48 min, GPU ~2 h
+quick      979    2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
+                          (6.5-9.7 min, 2767 points, with them, the framework rows and the CPU
+                          validation model as --model); H100 323 s with --model llama-3.1-8b
+default    2824   11063   CPU 6 min 47 s on the 2-core CI machine before the routed decoders
+                          (151 s alone; the 16 framework rows 31-58 s); GPU ~25 min (estimated)
+full       8650   26308   estimated: CPU ~48 min, GPU ~2 h
 =========  =====  ======  ==============================================================
 
-Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 98 on CPU (38
-dense, 60 routed), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
+Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 114 on CPU (38
+dense, 60 routed, 16 framework), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
 
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
