@@ -386,17 +386,21 @@ def fit_framework(est: Estimator, rows) -> dict[str, Framework]:
     """
     from scipy.optimize import least_squares, nnls
 
-    by_phase: dict[str, list] = {}
+    decoders: dict[tuple, list] = {}  # one vectorized op sum per decoder shape and phase
     for r in rows.itertuples(index=False):
         phase = "prefill" if int(r.causal) else "decode"
-        spec = ModelSpec("framework", hidden=int(r.hidden), ffn=int(r.ffn), layers=int(r.layers),
-                         heads=int(r.heads), kv_heads=int(r.kv_heads), head_dim=int(r.head_dim), vocab=1)
+        dims = tuple(int(getattr(r, d)) for d in DIMS + ("layers",))
         length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-        pred, host_ops, _ = decoder_op_sum(est, spec, phase, int(r.batch), length, "concat")
-        by_phase.setdefault(phase, []).append((host_ops, pred, float(r.median_us)))
+        decoders.setdefault((dims, phase), []).append((int(r.batch), length, float(r.median_us)))
+    by_phase: dict[str, list] = {}
+    for (dims, phase), measured in decoders.items():
+        spec = ModelSpec("framework", **dict(zip(DIMS + ("layers",), dims)), vocab=1)
+        batch, length, median_us = (np.array(c) for c in zip(*measured))
+        pred, host_ops, _ = decoder_op_sums(est, spec, phase, batch, length, "concat")
+        by_phase.setdefault(phase, []).extend(zip(host_ops, pred, median_us))
     out = {}
     for phase, pts in by_phase.items():
-        ops, op_sum, measured = (np.array(c) for c in zip(*pts))
+        ops, op_sum, measured = (np.array(c, dtype=np.float64) for c in zip(*pts))
         if np.unique(ops).size < 2:
             continue
         design = np.column_stack([np.ones(len(ops)), ops])
