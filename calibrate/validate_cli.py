@@ -13,7 +13,8 @@ import pandas as pd
 from pis.errors import PisError, handle_errors
 from pis.simulator.models import ModelSpec
 
-TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct", "ctx_x", "ops_error_pct")
+TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct", "ctx_x", "ops_error_pct",
+                 "speedup meas/pred", "speedup_error_pct")
 
 
 def _hf_config_json(spec: ModelSpec) -> dict:
@@ -53,12 +54,15 @@ def format_table(report: pd.DataFrame) -> str:
     rows = []
     for r in report.itertuples(index=False):
         if r.status == "ok":
+            # over the dense model at the same point (with_speedups); blank for dense itself
+            err = getattr(r, "speedup_error_pct", float("nan"))
+            speed = ["", ""] if pd.isna(err) else [f"{r.measured_speedup:.2f}/{r.predicted_speedup:.2f}", f"{err:+.1f}"]
             rows.append([r.config, f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
                          f"{r.error_pct:+.1f}" + ("*" if r.extrapolated else ""),
-                         f"{r.context_factor:.3f}", f"{r.ops_error_pct:+.1f}"])
+                         f"{r.context_factor:.3f}", f"{r.ops_error_pct:+.1f}", *speed])
         else:
             rows.append([r.config, "-", "-" if pd.isna(r.predicted_ms) else f"{r.predicted_ms:.3f}",
-                         r.status, "", ""])
+                         r.status, "", "", "", ""])
     return tabulate(rows, headers=list(TABLE_COLUMNS), disable_numparse=True)
 
 

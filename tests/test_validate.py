@@ -248,6 +248,12 @@ def test_speedups_pair_each_pruned_row_with_its_dense_counterpart():
     s = summarize(out).set_index("method")
     assert s.loc["overall", "speedup_max_abs_error_pct"] == pytest.approx(20.0)
     assert np.isnan(s.loc["dense", "speedup_median_abs_error_pct"])
+    # The printed table shows measured/predicted speedup and its error where there is one.
+    from pis.calibrate.validate_cli import format_table
+    table = format_table(out.assign(config=[f"c{i}" for i in range(len(out))], extrapolated=False,
+                                    context_factor=1.0)).splitlines()
+    assert "2.00/1.82" in table[3] and "-9.1" in table[3]
+    assert "1.60" not in table[2] and "/" not in table[2]  # dense: no speedup of its own
 
 
 # --- the real models ---------------------------------------------------------------------------
