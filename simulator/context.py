@@ -60,6 +60,8 @@ from pis.simulator.models import ModelSpec
 from pis.simulator.points import Points
 
 if TYPE_CHECKING:  # the estimator builds this model: import it for types only
+    import pandas as pd
+
     from pis.simulator.estimator import Estimator
 
 #: ``(op_sum_us, host_ops, glue_ops) -> latency_us`` at fixed design points (:meth:`ContextModel.at`).
@@ -129,27 +131,16 @@ class ContextModel:
         self._glue_us = est.host_glue_us
         #: CPU: µs per host-only glue op (measured host_glue, else the overhead row's dispatch)
         self._floor_us = self._glue_us if self._glue_us is not None else (self._overhead_us or 0.0)
+        decoders = _decoder_groups(rows)
         #: CPU, per phase: Hugging Face's framework cost, priced outside the concat factor
-        self.framework: dict[str, Framework] = ({} if self.host_bound else
-                                                fit_framework(est, rows[rows["op"] == FRAMEWORK_OP]))
-        rows = rows[rows["op"] != FRAMEWORK_OP]
+        self.framework: dict[str, Framework] = ({} if self.host_bound else fit_framework(
+            est, {k: v for k, v in decoders.items() if k[0] == FRAMEWORK_OP}))
         #: (executor, dims) -> measured points; executor: "concat", "preallocated" or a family
         self.points: dict[tuple, list[ContextPoint]] = {}
-        # One vectorized op-sum evaluation per decoder (executor, shape, phase, sparsity), not
-        # one per row: this runs at the start of every simulation on the profile.
-        decoders: dict[tuple, list] = {}
-        for r in rows.itertuples(index=False):
-            dims = tuple(int(getattr(r, d)) for d in DIMS)
-            executor = EXECUTOR_OF_OP[r.op]
-            s = 0.0 if executor in OP_FOR_KV_CACHE else float(r.sparsity_pct) / 100.0
-            phase = "prefill" if int(r.causal) else "decode"
-            length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-            decoders.setdefault((executor, dims, int(r.layers), phase, s), []).append(
-                (int(r.batch), length, float(r.median_us)))
-        for (executor, dims, layers, phase, s), measured in decoders.items():
-            spec = ModelSpec("dense-decoder", hidden=dims[0], ffn=dims[1], layers=layers,
-                             heads=dims[2], kv_heads=dims[3], head_dim=dims[4], vocab=1)
-            batch, length, median_us = (np.array(col) for col in zip(*measured))
+        for (op, dims, layers, phase, s), (batch, length, median_us) in decoders.items():
+            if op == FRAMEWORK_OP:
+                continue
+            executor, spec = EXECUTOR_OF_OP[op], _decoder_spec(dims, layers)
             if executor in OP_FOR_KV_CACHE:
                 pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, executor)
             else:
@@ -211,11 +202,13 @@ class ContextModel:
                 np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us)
         factor, floor_us = self.factor(spec, pts, kv_cache, method), self._floor_us
         fw = self.framework.get(pts.phase) if kv_cache == "concat" else None
-        if fw is None:
-            return lambda op_sum, host_ops, glue_ops=0.0: factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+        # Hugging Face runs the step unless the family's own (reference) executor does.
         hf = (pts.sparsity == 0) if method and self.has_own_rows(method) else np.ones(len(pts), dtype=bool)
-        return lambda op_sum, host_ops, glue_ops=0.0: (factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
-                                                       + np.where(hf, fw.cost_us(host_ops), 0.0))
+
+        def latency_us(op_sum: np.ndarray, host_ops: np.ndarray, glue_ops: "np.ndarray | float" = 0.0) -> np.ndarray:
+            out = factor * op_sum + floor_us * np.asarray(glue_ops, dtype=np.float64)
+            return out if fw is None else out + np.where(hf, fw.cost_us(host_ops), 0.0)
+        return latency_us
 
     def host_fits(self) -> dict[tuple, "HostFit"]:
         """The fitted host-issue models, keyed (kv_cache, dims, phase); fitted on first use."""
@@ -374,8 +367,29 @@ def fit_hosts(points: dict[tuple, list[ContextPoint]]) -> dict[tuple, HostFit]:
 FRAMEWORK_FIT_SCALE = 0.05
 
 
-def fit_framework(est: Estimator, rows) -> dict[str, Framework]:
-    """Per phase, :class:`Framework` fitted to ``decoder_framework`` rows: measured − predicted op
+def _decoder_groups(rows: "pd.DataFrame") -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Whole-decoder rows per decoder, ``(op, dims, layers, phase, sparsity) -> (batch, length,
+    median_us)`` arrays, so that each decoder's op sums are one vectorized evaluation, not one
+    per row: the in-context model is built at the start of every simulation on the profile."""
+    routed = set(ROUTED_DECODER_OPS.values())
+    groups: dict[tuple, list] = {}
+    for r in rows.itertuples(index=False):
+        phase = "prefill" if int(r.causal) else "decode"
+        length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
+        s = float(r.sparsity_pct) / 100.0 if r.op in routed else 0.0
+        key = (r.op, tuple(int(getattr(r, d)) for d in DIMS), int(r.layers), phase, s)
+        groups.setdefault(key, []).append((int(r.batch), length, float(r.median_us)))
+    return {k: tuple(np.array(c) for c in zip(*v)) for k, v in groups.items()}
+
+
+def _decoder_spec(dims: tuple[int, ...], layers: int) -> ModelSpec:
+    """The decoder (no vocabulary: no LM head) of a whole-decoder row's dimensions."""
+    return ModelSpec("decoder", **dict(zip(DIMS, dims)), layers=layers, vocab=1)
+
+
+def fit_framework(est: Estimator, decoders: dict[tuple, tuple]) -> dict[str, Framework]:
+    """Per phase, :class:`Framework` fitted to ``decoder_framework`` rows (grouped as
+    :func:`_decoder_groups` groups them): measured − predicted op
     sum = step_us + us_per_op · framework ops, both non-negative, over the rows' depths. A phase
     needs rows at two op counts at least.
 
@@ -386,21 +400,13 @@ def fit_framework(est: Estimator, rows) -> dict[str, Framework]:
     """
     from scipy.optimize import least_squares, nnls
 
-    decoders: dict[tuple, list] = {}  # one vectorized op sum per decoder shape and phase
-    for r in rows.itertuples(index=False):
-        phase = "prefill" if int(r.causal) else "decode"
-        dims = tuple(int(getattr(r, d)) for d in DIMS + ("layers",))
-        length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-        decoders.setdefault((dims, phase), []).append((int(r.batch), length, float(r.median_us)))
     by_phase: dict[str, list] = {}
-    for (dims, phase), measured in decoders.items():
-        spec = ModelSpec("framework", **dict(zip(DIMS + ("layers",), dims)), vocab=1)
-        batch, length, median_us = (np.array(c) for c in zip(*measured))
-        pred, host_ops, _ = decoder_op_sums(est, spec, phase, batch, length, "concat")
-        by_phase.setdefault(phase, []).extend(zip(host_ops, pred, median_us))
+    for (_, dims, layers, phase, _), (batch, length, median_us) in decoders.items():
+        pred, host_ops, _ = decoder_op_sums(est, _decoder_spec(dims, layers), phase, batch, length, "concat")
+        by_phase.setdefault(phase, []).append((host_ops, pred, median_us))
     out = {}
-    for phase, pts in by_phase.items():
-        ops, op_sum, measured = (np.array(c, dtype=np.float64) for c in zip(*pts))
+    for phase, parts in by_phase.items():
+        ops, op_sum, measured = (np.concatenate(c).astype(np.float64) for c in zip(*parts))
         if np.unique(ops).size < 2:
             continue
         design = np.column_stack([np.ones(len(ops)), ops])
