@@ -294,11 +294,12 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
                         for b, q in prefill]
                 pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, sparsity_pct=pct, **base)
                         for b in batches for c in contexts]
-        prefill, decode = FRAMEWORK_SHAPES
+        # Hugging Face's framework cost: CPU only too (the GPU host model prices framework ops).
+        fw_prefill, fw_decode = FRAMEWORK_SHAPES
         for layers in FRAMEWORK_LAYERS:
-            dims = dict(FRAMEWORK_DIMS, layers=layers)
-            pts += [point(FRAMEWORK_OP, batch=b, q_len=q, kv_len=q, causal=1, **dims) for b, q in prefill]
-            pts += [point(FRAMEWORK_OP, batch=b, q_len=1, kv_len=c, causal=0, **dims) for b, c in decode]
+            fw = dict(FRAMEWORK_DIMS, layers=layers)
+            pts += [point(FRAMEWORK_OP, batch=b, q_len=q, kv_len=q, causal=1, **fw) for b, q in fw_prefill]
+            pts += [point(FRAMEWORK_OP, batch=b, q_len=1, kv_len=c, causal=0, **fw) for b, c in fw_decode]
     return pts
 
 
