@@ -121,10 +121,14 @@ def mlp_block(spec: ModelSpec, pts: Points, count: Arr, *, tokens: Arr | None = 
     return ops
 
 
+#: Name of the LM head's op group: the one op of a model that whole-decoder rows never time.
+LM_HEAD = "lm_head"
+
+
 def ends(spec: ModelSpec, pts: Points, hidden: Arr | None = None) -> list[OpGroup]:
     """Embedding lookup, final norm and lm_head (last token of each sequence only in prefill)."""
     d_model = spec.hidden if hidden is None else np.asarray(hidden)
     t = pts.tokens
     return [memop("embedding", "gather", t * d_model, 1.0, "embedding"),
             memop("final_norm", "rmsnorm", t * d_model, 1.0, "norm"),
-            gemm("lm_head", pts.batch, np.int64(spec.vocab), d_model, 1.0)]
+            gemm(LM_HEAD, pts.batch, np.int64(spec.vocab), d_model, 1.0)]

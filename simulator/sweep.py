@@ -20,6 +20,7 @@ from pis.simulator.estimator import SOURCE_NAMES, Estimator
 from pis.simulator.context import InContext
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
+from pis.simulator.opgraph import LM_HEAD
 from pis.simulator.points import OpGroup, Points
 from pis.simulator.pruning import PruneOptions, build_ops
 
@@ -49,6 +50,8 @@ class Totals:
     host_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: of those, the ops of host-only glue groups (no kernel, in no op's timing)
     glue_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: µs of the LM head, which no whole-decoder row timed (:mod:`pis.simulator.context`)
+    head_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
 
 
 def _broadcast_shape(group: OpGroup, n: int) -> dict[str, np.ndarray]:
@@ -59,7 +62,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
     """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points."""
     zeros = lambda: np.zeros(n)  # noqa: E731 - tiny local factory
     tot = Totals(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
-                 host_ops=np.full(n, STEP_HOST_OPS), glue_ops=np.zeros(n))
+                 host_ops=np.full(n, STEP_HOST_OPS), glue_ops=np.zeros(n), head_us=zeros())
     dtype = est.dtype
     for g in groups:
         count = np.broadcast_to(g.count, (n,))
@@ -73,6 +76,8 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
         pred = est.predict(g.op, shape)
         t = count * pred.time_us
         tot.latency_us += t
+        if g.name == LM_HEAD:
+            tot.head_us += t
         work = count * np.broadcast_to(g.work_scale, (n,))
         tot.flops += work * op_flops(g.op, shape)
         tot.bytes += work * op_bytes(g.op, shape, dtype)
@@ -106,7 +111,7 @@ def _select(tot: Totals, mask: np.ndarray) -> Totals:
     return Totals(tot.latency_us[mask], tot.flops[mask], tot.bytes[mask], tot.sol_us[mask],
                   tot.extrapolated[mask], tot.by_source_us[:, mask],
                   {k: np.broadcast_to(v, mask.shape)[mask] for k, v in tot.by_category_us.items()},
-                  tot.host_ops[mask], tot.glue_ops[mask])
+                  tot.host_ops[mask], tot.glue_ops[mask], tot.head_us[mask])
 
 
 def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
@@ -114,7 +119,7 @@ def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
     real decoder adds to it (``apply``, :meth:`pis.simulator.context.ContextModel.at`)."""
     if apply is None:
         return tot.latency_us
-    return apply(tot.latency_us, tot.host_ops, tot.glue_ops)
+    return apply(tot.latency_us, tot.host_ops, tot.glue_ops, tot.head_us)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,

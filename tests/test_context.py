@@ -68,6 +68,20 @@ def _run(est, phase, batches, seqs, ctxs, in_context=True, methods=("dense",), s
                  in_context=in_context)
 
 
+def _head_ms(est, df, spec=SPEC) -> np.ndarray:
+    """The LM head's op time (ms) at each row of a sweep (one token per sequence)."""
+    return np.array([float(est.predict("gemm", {"m": b, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
+                     for b in df["batch"]])
+
+
+def _factors(est, df, spec=SPEC) -> np.ndarray:
+    """The in-context factor each row's layers got: (latency − head) / (op sum − head), the
+    LM head being priced unscaled (no whole-decoder row includes it)."""
+    head = _head_ms(est, df, spec)
+    op_sum = df["latency_ms"].to_numpy() / df["context_factor"].to_numpy()
+    return (df["latency_ms"].to_numpy() - head) / (op_sum - head)
+
+
 def test_no_decoder_rows_means_factor_one(synthetic):
     est = Estimator(synthetic.profile)
     with_ctx = _run(est, "prefill", [1, 4], [128, 512], [1])
@@ -78,7 +92,7 @@ def test_no_decoder_rows_means_factor_one(synthetic):
 
 def test_prefill_factor_follows_the_fitted_law_and_is_clamped(ctx_est):
     df = _run(ctx_est, "prefill", [1], [96, 384, 768, 1536, 8, 100000], [1])
-    f = dict(zip(df["seq_len"], df["context_factor"]))
+    f = dict(zip(df["seq_len"], _factors(ctx_est, df)))
     for tokens in (96, 384, 768, 1536):
         assert f[tokens] == pytest.approx(prefill_law(tokens), rel=1e-6)
     # Outside the measured range the factor is clamped, not extrapolated.
@@ -93,23 +107,27 @@ def test_fit_smooths_a_noisy_point(synthetic):
     hit = (rows["op"] == "dense_decoder") & (rows["causal"] == 1) & (rows["q_len"] == 384)
     rows.loc[hit, "median_us"] *= 1.3
     est = Estimator(Profile(rows=rows, meta=prof.meta))
-    f = _run(est, "prefill", [1], [384], [1])["context_factor"].iloc[0]
+    f = _factors(est, _run(est, "prefill", [1], [384], [1]))[0]
     assert prefill_law(384) < f < 1.3 * prefill_law(384)
     assert f / prefill_law(384) < 1.15
 
 
-def test_latency_is_factor_times_op_sum_and_speedups_are_unchanged(ctx_est):
+def test_latency_is_factor_times_layer_ops_plus_the_unscaled_head(ctx_est):
     kw = dict(methods=("static-width", "static-depth"), sparsities=(0.25, 0.5))
     a = _run(ctx_est, "prefill", [1, 2], [300, 1000], [1], **kw)
     b = _run(ctx_est, "prefill", [1, 2], [300, 1000], [1], in_context=False, **kw)
-    np.testing.assert_allclose(a["latency_ms"], b["latency_ms"] * a["context_factor"])
-    np.testing.assert_allclose(a["speedup"], b["speedup"])
+    head = _head_ms(ctx_est, b)
+    law = prefill_law(np.clip(b["batch"] * b["seq_len"], 96, 1536))  # clamped to the measured tokens
+    np.testing.assert_allclose(a["latency_ms"], law * (b["latency_ms"] - head) + head, rtol=1e-9)
+    np.testing.assert_allclose(a["context_factor"], a["latency_ms"] / b["latency_ms"], rtol=1e-9)
     assert (a["context_factor"] > 1.0).all() and (b["context_factor"] == 1.0).all()
+    # The head is the same in every family, so a factor > 1 on the layers alone raises speedups.
+    assert (a["speedup"] > b["speedup"]).all()
 
 
 def test_decode_factor_fits_batch_and_context(ctx_est):
     df = _run(ctx_est, "decode", [1, 2, 4, 64], [1], [128, 362, 1024, 1 << 20])
-    f = {(r.batch, r.context_len): r.context_factor for r in df.itertuples()}
+    f = dict(zip(zip(df["batch"], df["context_len"]), _factors(ctx_est, df)))
     for b, c in [(1, 128), (1, 1024), (4, 128), (4, 1024), (1, 362), (2, 128), (2, 362)]:
         assert f[(b, c)] == pytest.approx(decode_law(b, c), rel=1e-6)
     # Clamped to the calibrated box: a batch of 64 and a 1M context use the (4, 1024) corner.
@@ -128,7 +146,7 @@ def test_nearest_decoder_shape_is_used(ctx_est):
     other = SPEC.with_options(name="wide", hidden=8192, ffn=28672, heads=64, kv_heads=8, head_dim=128)
     assert ctx_est.context.nearest_dims(other) == (1024, 2816, 16, 4, 64)
     df = sweep(ctx_est, [other], ["dense"], [0.0], ["prefill"], [1], [384], [1])
-    assert df["context_factor"].iloc[0] == pytest.approx(PREFILL[384], rel=1e-6)
+    assert _factors(ctx_est, df, other)[0] == pytest.approx(PREFILL[384], rel=1e-6)
 
 
 def test_op_sum_is_the_dense_decoder_without_lm_head(synthetic):
@@ -171,7 +189,7 @@ def test_axes_with_one_measured_value_drop_out(synthetic):
     keep = ~((rows["op"] == "dense_decoder") & (rows["causal"] == 0) & (rows["batch"] != 1))
     est = Estimator(Profile(rows=rows[keep].reset_index(drop=True), meta=prof.meta))
     df = _run(est, "decode", [1, 8], [1], [128, 1024])
-    f = {(r.batch, r.context_len): r.context_factor for r in df.itertuples()}
+    f = dict(zip(zip(df["batch"], df["context_len"]), _factors(est, df)))
     assert f[(1, 128)] == pytest.approx(decode_law(1, 128), rel=1e-6)
     assert f[(8, 1024)] == pytest.approx(decode_law(1, 1024), rel=1e-6)
     assert np.isfinite(list(f.values())).all()
@@ -227,13 +245,13 @@ def test_sweep_uses_the_routed_factor_only_for_its_family(synthetic):
     est = Estimator(_with_routed(synthetic))
     df = _run(est, "prefill", [1], [384], [1], methods=("dense", "dynamic-width", "dynamic-depth"),
               sparsities=(0.5,)).set_index("method")
-    assert df.loc["dense", "context_factor"] == pytest.approx(prefill_law(384), rel=1e-6)
+    assert _factors(est, df.loc[["dense"]])[0] == pytest.approx(prefill_law(384), rel=1e-6)
     # Another routed family without rows of its own: exactly as without dynamic width's rows.
     before = _run(Estimator(_with_decoders(synthetic)), "prefill", [1], [384], [1], methods=("dynamic-depth",),
                   sparsities=(0.5,))
     assert df.loc["dynamic-depth", "latency_ms"] == before["latency_ms"].iloc[0]
     # dynamic width's latency is its own factor x op sum, plus its loop glue
-    assert df.loc["dynamic-width", "context_factor"] >= routed_law(384, 0.5) * (1 - 1e-9)
+    assert _factors(est, df.loc[["dynamic-width"]])[0] >= routed_law(384, 0.5) * (1 - 1e-9)
     summary = est.context.summary()
     assert {s["executor"] for s in summary} == {"concat", "dynamic-width"}
     assert sorted({s["sparsity"] for s in summary if s["executor"] == "dynamic-width"}) == [0.25, 0.75]
@@ -321,7 +339,8 @@ def test_shallower_model_keeps_the_per_step_framework_cost(synthetic):
     kw = dict(methods=("dense", "static-depth"), sparsities=(0.5,))
     a = _run(est, "decode", [1], [1], [512], **kw).set_index("method")
     b = _run(est, "decode", [1], [1], [512], in_context=False, **kw).set_index("method")
-    extra = (a["latency_ms"] - float(decode_law(1, 512)) * b["latency_ms"]) * 1e3  # framework µs
+    head = _head_ms(est, b)
+    extra = (a["latency_ms"] - float(decode_law(1, 512)) * (b["latency_ms"] - head) - head) * 1e3  # framework µs
     step, per_op = FRAMEWORK["decode"]
     host = {n: decoder_op_sum(est, SPEC.with_options(layers=n), "decode", 1, 512)[1] for n in (2, 4)}
     assert extra["static-depth"] > step

@@ -138,13 +138,18 @@ def test_cpu_profiles_keep_the_factor_law():
     spec = PRESETS["llama-3.1-8b"]
     pts = Points.make("decode", np.array([4]), np.array([1]), np.array([1024]), 0.0)
     tot = evaluate(est, build_ops("dense", spec, pts, PruneOptions()), 1)
-    got = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops)
-    # The factor law, plus Hugging Face's measured framework cost per step and op (schema v4);
-    # the reference decoder's cache discipline has no framework rows.
+    head = est.predict("gemm", {"m": 4, "n": spec.vocab, "k": spec.hidden}).time_us
+    assert np.allclose(tot.head_us, head) and 0 < head < tot.latency_us[0]
+    got = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, head_us=tot.head_us)
+    # The factor law on everything but the LM head (no whole-decoder row has one), plus Hugging
+    # Face's measured framework cost per step and op (schema v4); the reference decoder's cache
+    # discipline has no framework rows.
     fw = est.context.framework["decode"]
-    assert np.allclose(got, est.context.factor(spec, pts) * tot.latency_us + fw.cost_us(tot.host_ops))
-    pre = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, kv_cache="preallocated")
-    assert np.allclose(pre, est.context.factor(spec, pts, "preallocated") * tot.latency_us)
+    layers = tot.latency_us - head
+    assert np.allclose(got, est.context.factor(spec, pts) * layers + head + fw.cost_us(tot.host_ops))
+    pre = est.context.latency_us(spec, pts, tot.latency_us, tot.host_ops, kv_cache="preallocated",
+                                 head_us=tot.head_us)
+    assert np.allclose(pre, est.context.factor(spec, pts, "preallocated") * layers + head)
 
 
 def test_cpu_glue_adds_its_measured_host_time(make_synthetic):
@@ -166,6 +171,13 @@ def test_shipped_cpu_profile_has_a_measured_glue_cost():
     assert est.host_glue_us is not None and est.overhead_us is not None
     # A glue op (views, slices, an index tensor from a list) costs more than a bare dispatch.
     assert est.host_glue_us > est.overhead_us
+
+
+def test_gpu_device_factor_leaves_the_lm_head_unscaled():
+    fit = HostFit(1.0, 2.0, float("inf"), 8)
+    n, d, head = np.array([10.0]), np.array([1000.0]), np.array([300.0])
+    assert fit.latency_us(n, d)[0] == 2000.0
+    assert fit.latency_us(n, d, head_us=head)[0] == 2.0 * 700.0 + 300.0
 
 
 def test_gpu_glue_uses_the_measured_glue_cost_when_the_profile_has_it():

@@ -1,0 +1,74 @@
+"""What does the LM head cost inside a Hugging Face model, against its GEMM timed alone?
+
+The in-context factor (``pis.simulator.context``) is fitted to whole-decoder rows that have no
+LM head, so whether it should scale the head is a question for measurement. This times the
+validation model (``CPU_SMALL``, or ``--layers``) with its vocabulary (8192) and with a
+vocabulary of 64, interleaved over ``--rounds``, and prints the difference of the medians (the
+head in context) beside the head's GEMM timed with calibration's bench, minus the 64-wide one.
+
+    python benchmarks/head_in_context.py [--point decode:1:1024 ...] [--rounds 2]
+
+Points are ``decode:BATCH:CONTEXT`` or ``prefill:BATCH:SEQ``. The CPU only: that is where the
+factor scales op sums (on a GPU the head is a sliver of the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+
+from pis.calibrate.grid import point, timing_config
+from pis.calibrate.runner import measure_point
+from pis.calibrate.timing import make_timer, measure_runner
+from pis.calibrate.validate import CPU_SMALL, EFFORT
+from pis.calibrate.validate_models import build_model
+from pis.simulator.pruning import PruneOptions
+
+SMALL_VOCAB = 64
+
+
+def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: int) -> dict[str, float]:
+    """Medians (ms) of the model with either vocabulary, and of the head's GEMM alone."""
+    dev = torch.device("cpu")
+    seq, ctx = (length, 0) if phase == "prefill" else (1, length)
+    times: dict[int, list[float]] = {CPU_SMALL.vocab: [], SMALL_VOCAB: []}
+    for _ in range(rounds):
+        for vocab in times:
+            spec = dataclasses.replace(CPU_SMALL, vocab=vocab, layers=layers)
+            model = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions())
+            times[vocab].append(measure_runner(model.runner(phase, batch, seq, ctx), dev, EFFORT["full"])[0])
+            del model
+    timer = make_timer(dev, timing_config("quick", "cpu", False))
+
+    def gemm_ms(n: int) -> float:
+        return measure_point(point("gemm", m=batch, n=n, k=CPU_SMALL.hidden), "fp32", dev, timer)["median_us"] / 1e3
+
+    full, small = (float(np.median(v)) for v in times.values())
+    return dict(with_head_ms=full, small_head_ms=small, head_in_context_ms=full - small,
+                head_alone_ms=gemm_ms(CPU_SMALL.vocab) - gemm_ms(SMALL_VOCAB))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--point", action="append", default=None,
+                    help="decode:B:C or prefill:B:S (repeatable; default: decode at 1:1024, 4:2048, 8:512)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=CPU_SMALL.layers)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for spec in args.point or ["decode:1:1024", "decode:4:2048", "decode:8:512"]:
+        phase, b, n = spec.split(":")
+        r = head_in_context(phase, int(b), int(n), args.rounds, args.layers)
+        print(f"{phase} B={b} {'S' if phase == 'prefill' else 'C'}={n}: model {r['with_head_ms']:.2f} ms, "
+              f"vocab {SMALL_VOCAB} {r['small_head_ms']:.2f} ms -> head in context "
+              f"{r['head_in_context_ms']:.2f} ms; alone {r['head_alone_ms']:.2f} ms "
+              f"(ratio {r['head_in_context_ms'] / r['head_alone_ms']:.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
