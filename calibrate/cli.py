@@ -36,6 +36,12 @@ from pis.errors import handle_errors
 @click.option("--only", default=None, metavar="OP[,OP]",
               help="Measure only these ops of the grid (e.g. host_glue, or gemm_2to4), into their "
                    "own file; add them to a profile with `pis-profile merge`.")
+@click.option("--context-passes", "context_passes", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Measure each whole-decoder point N times, spread over the run (first, in its "
+                   "place, last), and keep the median pass: these rows set the absolute level of "
+                   "every in-context prediction, and a shared machine's slow minutes move them by "
+                   "10-40 %. Default: 3 on CPU grids (about 2 more minutes each on 2 cores), 1 on "
+                   "CUDA and on the tiny grid.")
 @click.option("--force", is_flag=True, help="Overwrite --out even if it holds another profile or another file.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
               help="Rewrite --out every N points (and at least every 20 s).")
@@ -44,8 +50,8 @@ from pis.errors import handle_errors
 @click.version_option(__version__, prog_name="pis-calibrate")
 @handle_errors
 def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None, time_budget: float | None,
-         threads: int | None, cuda_graphs: bool, only: str | None, force: bool, checkpoint_every: int,
-         no_progress: bool, point_delay: float) -> None:
+         threads: int | None, cuda_graphs: bool, only: str | None, context_passes: int | None, force: bool,
+         checkpoint_every: int, no_progress: bool, point_delay: float) -> None:
     """Measure the latency of every op a (pruned) decoder runs on this device and write a profile.
 
     Each point (op and shape) is timed after warm-up over adaptive repeats; the profile keeps the
@@ -66,7 +72,7 @@ def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None
     result = calibrate(RunOptions(
         out=out, device=device, grid=grid, dtype=dtype, model=model, time_budget_min=time_budget,
         threads=threads, cuda_graphs=cuda_graphs, force=force, checkpoint_every=checkpoint_every,
-        progress=not no_progress, point_delay_s=point_delay,
+        progress=not no_progress, point_delay_s=point_delay, context_passes=context_passes,
         only=tuple(o.strip() for o in only.split(",") if o.strip()) if only is not None else None))
     if result.status == "complete":
         skipped = {k: v for k, v in result.counts.items() if k != "ok"}

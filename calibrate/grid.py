@@ -461,6 +461,39 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
     return Grid(name, device_kind, tuple(kept), params)
 
 
+#: How many times each whole-decoder point is measured, per device kind (tiny grids: once).
+#: They set the absolute level of every in-context prediction, and on the shared 2-core VM a
+#: single pass caught the machine in different states: the dense decoder at batch 1, context
+#: 1024 read 11.1-15.8 ms across six calibrations of one day, 10.8-11.1 ms back to back on a
+#: quiet VM. The median of passes spread over the run is less at the mercy of one slow window.
+CONTEXT_PASSES: dict[str, int] = {"cpu": 3, "cuda": 1}
+
+
+def context_passes(name: str, device_kind: str) -> int:
+    """The default number of passes over the whole-decoder points (:data:`CONTEXT_PASSES`)."""
+    return 1 if name == "tiny" else CONTEXT_PASSES["cuda" if device_kind == "cuda" else "cpu"]
+
+
+def schedule(points: Sequence[Point], passes: int) -> list[tuple[Point, int]]:
+    """The run's measurements in order: ``(point, pass)``, every point once and each
+    whole-decoder point (:data:`CONTEXT_OPS`) ``passes`` times, spread over the run.
+
+    Pass 0 follows the tier-0 scalars (so it comes first), pass 1 sits at the points' own
+    place in the grid order, and passes 2 and on come last. With one pass the order is the
+    grid's.
+    """
+    ctx = [p for p in points if p.op in CONTEXT_OPS]
+    if passes <= 1 or not ctx:
+        return [(p, 0) for p in points]
+    first = [p for p in points if _tier(p) == 0 and p.op not in CONTEXT_OPS]
+    rest = [p for p in points if _tier(p) != 0 or p.op in CONTEXT_OPS]
+    out = [(p, 0) for p in first] + [(p, 0) for p in ctx]
+    out += [(p, 1 if p.op in CONTEXT_OPS else 0) for p in rest]
+    for k in range(2, passes):
+        out += [(p, k) for p in ctx]
+    return out
+
+
 def model_pairs(model: str) -> tuple[str, list[tuple[int, int]], dict[str, Any]]:
     """(name, (n, k) GEMM weight shapes, dimensions) of ``model`` and its width-pruned variants."""
     from pis.simulator.models import load_model

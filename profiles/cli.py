@@ -59,7 +59,8 @@ def info(file: str, fmt: str) -> None:
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
-    click.echo(tabulate([[k, _short(profile.meta[k])] for k in ordered], tablefmt="plain"))
+    click.echo(tabulate([[k, _pass_spread(profile.meta[k]) if k == "context_passes" else _short(profile.meta[k])]
+                         for k in ordered], tablefmt="plain"))
     if peaks:
         click.echo(f"simulator peaks: {peaks['peak_flops'] / 1e12:.3g} TFLOP/s ({peaks['peak_flops_source']}), "
                    f"{peaks['peak_bandwidth'] / 1e9:.3g} GB/s ({peaks['peak_bandwidth_source']})")
@@ -146,6 +147,21 @@ def _range(r: dict[str, Any], fmt: str = "{}") -> str:
     lo, hi = fmt.format(r["min"]), fmt.format(r["max"])
     span = lo if lo == hi else f"{lo}–{hi}"
     return f"{span} ({r['values']})" if "values" in r else span
+
+
+def _pass_spread(passes: dict[str, list[dict[str, Any]]]) -> str:
+    """One line on the passes over whole-decoder points: how many, and how far apart they read."""
+    spreads = []
+    for timings in passes.values():
+        meds = [t["median_us"] for t in timings if t.get("status") == STATUS_OK and t.get("median_us")]
+        if len(meds) > 1:
+            spreads.append(100.0 * (max(meds) / min(meds) - 1.0))
+    counts = sorted({len(t) for t in passes.values()})
+    line = f"{len(passes)} whole-decoder points x {'/'.join(map(str, counts))} passes (the median kept)"
+    if spreads:
+        line += (f"; passes apart (max / min - 1): median {float(np.median(spreads)):.1f} %, "
+                 f"max {max(spreads):.1f} %")
+    return line
 
 
 def _short(v: Any, width: int = 100) -> str:
@@ -314,6 +330,8 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B"),
     ma, mb = pa.meta, pb.meta
     meta = dict(ma)
     meta.pop("merged_from", None)
+    # Per-pass timings describe one calibration's rows; merged rows may come from the other.
+    meta.pop("context_passes", None)
     meta["merged_from"] = [_source_meta(n, p) for n, p in zip(names, (pa, pb))]
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["tool_version"] = __version__

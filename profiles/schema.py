@@ -253,5 +253,5 @@ META_REQUIRED: tuple[str, ...] = (
 META_OPTIONAL: tuple[str, ...] = (
     "compute_capability", "sm_count", "memory_bytes", "peak_flops", "peak_bandwidth",
     "peak_source", "torch_version", "cuda_version", "driver_version", "cpu_threads",
-    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes",
+    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes", "context_passes",
 )

@@ -519,3 +519,63 @@ def test_every_grid_measures_host_glue_first():
         for kind in ("cpu", "cuda"):
             ops_ = [p.op for p in build_grid(name, kind, "fp32" if kind == "cpu" else "bf16").points]
             assert ops_[:2] == ["overhead", "host_glue"]
+
+
+def test_whole_decoder_points_are_measured_in_passes_spread_over_the_run():
+    from pis.calibrate.grid import context_passes, schedule
+
+    assert (context_passes("quick", "cpu"), context_passes("tiny", "cpu"), context_passes("default", "cuda")) == (3, 1, 1)
+    points = build_grid("quick", "cpu", "fp32").points
+    assert schedule(points, 1) == [(p, 0) for p in points]
+    tasks = schedule(points, 3)
+    ctx = [p for p in points if p.op in CONTEXT_OPS]
+    assert len(tasks) == len(points) + 2 * len(ctx)
+    for p in points:
+        assert sorted(k for q, k in tasks if q == p) == ([0, 1, 2] if p.op in CONTEXT_OPS else [0])
+    # First pass right after the tier-0 scalars, the second in the points' place, the last at the end.
+    assert [p.op for p, _ in tasks[:2]] == ["overhead", "host_glue"]
+    assert tasks[2:2 + len(ctx)] == [(p, 0) for p in ctx]
+    assert tasks[-len(ctx):] == [(p, 2) for p in ctx]
+    middle = [i for i, (p, k) in enumerate(tasks) if k == 1]
+    assert middle[0] > 2 + len(ctx) and middle[-1] < len(tasks) - len(ctx) - 1
+
+
+def test_median_pass_keeps_one_measurement_whole():
+    from pis.calibrate.runner import median_pass
+
+    def t(med, status="ok"):
+        return dict(median_us=med, p10_us=med - 1, p90_us=med + 1, repeats=5, status=status, backend="b")
+
+    row = dict(op="dense_decoder", median_us=1.0)
+    assert median_pass(row, [t(30.0), t(10.0), t(20.0)])["median_us"] == 20.0
+    got = median_pass(row, [t(30.0), t(10.0)])  # even count: the faster middle one
+    assert (got["median_us"], got["p10_us"], got["p90_us"]) == (10.0, 9.0, 11.0) and got["op"] == "dense_decoder"
+    skipped = dict(median_us=None, p10_us=None, p90_us=None, repeats=None, status="skipped_oom", backend="oom")
+    assert median_pass(row, [skipped, t(40.0)])["median_us"] == 40.0
+    assert median_pass(row, [skipped])["status"] == "skipped_oom"
+
+
+def test_passes_resume_without_repeating_or_losing_one(tmp_path):
+    out = tmp_path / "passes.parquet"
+    msgs: list[str] = []
+    opts = dict(out=out, grid="tiny", threads=1, progress=False, only=("dense_decoder",), context_passes=3)
+    n = len(build_grid("tiny", "cpu", "fp32", only=["dense_decoder"]).points)
+    first = calibrate(RunOptions(**opts, time_budget_min=0.4 / 60, point_delay_s=0.1), echo=msgs.append)
+    assert first.status == "time_budget" and 0 < first.measured < 3 * n
+    kept = read_profile(out).meta["context_passes"]
+    second = calibrate(RunOptions(**opts), echo=msgs.append)
+    assert second.status == "complete" and first.measured + second.measured == 3 * n
+    prof = load_profile(out)
+    passes = prof.meta["context_passes"]
+    assert len(passes) == n and all(len(v) == 3 for v in passes.values())
+    for key, timings in kept.items():  # what the first run measured is kept as it was
+        assert passes[key][:len(timings)] == timings
+    for r in prof.rows.to_dict("records"):
+        meds = sorted(t["median_us"] for t in passes[json.dumps(list(row_key(r)))])
+        assert r["median_us"] == meds[1]
+    assert prof.meta["grid_params"]["context_passes"] == 3
+    shown = CliRunner().invoke(profile_main, ["info", str(out)])
+    assert shown.exit_code == 0 and f"{n} whole-decoder points x 3 passes" in shown.output
+    # Rerunning a complete file is a no-op, whatever the passes asked for now.
+    again = calibrate(RunOptions(**{**opts, "context_passes": 5}), echo=msgs.append)
+    assert again.status == "already_complete"
