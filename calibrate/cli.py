@@ -16,7 +16,8 @@ from pis.errors import handle_errors
 @click.option("--out", required=True, type=click.Path(dir_okay=True, path_type=Path), metavar="FILE.parquet",
               help="Profile to write. It is also the checkpoint: rerunning the same command resumes it.")
 @click.option("--grid", default="quick", show_default=True, metavar="tiny|quick|default|full",
-              help="Point set: tiny (tests), quick (CPU ~1 min, GPU ~3 min), default (recommended; "
+              help="Point set: tiny (tests, seconds), quick (2-core CPU: ~5 min per pass over the "
+                   "whole-decoder points, see --context-passes, plus 1-2 min; GPU ~3 min), default (recommended; "
                    "GPU ~25 min), full (dense; hours). Point counts: pis.calibrate.grid.count_points.")
 @click.option("--dtype", default=None, metavar="bf16|fp16|fp32",
               help="Element type. Default: bf16 on CUDA, fp32 on CPU (bf16/fp16 on CPU are allowed "
@@ -60,7 +61,8 @@ def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None
 
     \b
     Examples:
-      pis-calibrate --device cpu --out cpu.parquet                 # quick grid, < 2 min
+      pis-calibrate --device cpu --out cpu.parquet                 # quick grid, ~17 min on 2 cores
+      pis-calibrate --device cpu --out cpu.parquet --context-passes 1   # ~7 min, less robust
       pis-calibrate --device cuda:0 --grid default --out h100.parquet --model llama-3.1-8b
       pis-calibrate --device cuda:0 --out h100.parquet --time-budget 30   # resumable
 
