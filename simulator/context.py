@@ -16,11 +16,12 @@ the same cache discipline, from the per-op rows of the same profile; the ratio
 
     factor = measured dense decoder / predicted op sum
 
-is the in-context factor at that point. A simulation multiplies its op sum by the factor at
-its own point — a least-squares log-linear law through the measured factors (in tokens for
-prefill, in batch and context for decode), clamped to the calibrated range — for dense and
-pruned models alike, so speedups keep coming from the op graph while absolute latencies
-include what the op graph cannot see.
+is the in-context factor at that point. A simulation multiplies its op sum (less its LM head,
+which no such row has: the head adds at its own row's time) by the factor at its own point —
+a least-squares log-linear law through the measured factors (in tokens for prefill, in batch
+and context for decode), clamped to the calibrated range — for dense and pruned models alike,
+so speedups keep coming from the op graph while absolute latencies include what the op graph
+cannot see.
 Profiles without such rows (all v1 profiles) get a factor of 1.
 
 The routed families' executors (dynamic depth, sparse attention, dynamic width) loop over
@@ -190,12 +191,13 @@ class ContextModel:
         vocabulary 8192 minus 64, batch 1/4/8: 1.28/2.52/3.27 ms against 1.18/2.41/3.51 ms
         alone, ``benchmarks/head_in_context.py``), where the decode factor is 1.3-1.5.
 
-        CUDA: the host-issue model, ``combine(u · host_ops, f · op_sum, p)`` fitted to the
+        CUDA: the host-issue model, ``combine(u · host_ops, f · (op_sum − head) + head, p)`` fitted to the
         profile's whole-decoder rows (:meth:`host_fit`); glue ops cost the measured
         ``host_glue`` where the profile has it. CPU: the op sum times the in-context factor
         (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and index
         tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
         ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
+        (The factor multiplies the op sum less the head, and the head adds as it is.)
         With ``kv_cache="concat"`` (Hugging Face's executor) and a profile that measured it,
         Hugging Face's framework cost (:class:`Framework`) adds to the step too, outside the
         factor: it scales with the ops issued, not with their work, so a model with fewer layers
