@@ -30,8 +30,8 @@ from pis.calibrate.timing import Timer, make_timer
 from pis.errors import PisError, ProfileError
 from pis.profiles.schema import (DTYPE_BYTES, OPS, SCHEMA_VERSION, STATUS_OK, STATUS_SKIPPED_OOM,
                                  STATUS_SKIPPED_UNSUPPORTED, op_bytes, op_flops)
-from pis.profiles.store import (Profile, empty_rows, keys_of, normalize_rows, read_profile, row_key,
-                               suspicious_rows, write_profile)
+from pis.profiles.store import (KEY_COLUMNS, Profile, empty_rows, keys_of, normalize_rows, read_profile,
+                               row_key, suspicious_rows, write_profile)
 
 #: Metadata that must match for a file to be resumed (else: another --out, or --force).
 IDENTITY_KEYS: tuple[str, ...] = ("device_kind", "device_name", "dtype", "grid_name", "timing_method")
@@ -175,7 +175,6 @@ class _Checkpoint:
         self.meta = meta
         self.order = {_key(p, meta["dtype"]): i for i, p in enumerate(grid.points)}
         self.existing = existing
-        self._existing_keys = [row_key(r) for r in existing.to_dict("records")]
         self.new: list[dict[str, Any]] = []
         self._new_index: dict[tuple, int] = {}
         #: measuring time of earlier runs of this file, and when this one started
@@ -185,15 +184,12 @@ class _Checkpoint:
         self.unsaved = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        """Add ``row``, replacing the row of the same point (another pass of it) if there is one."""
+        """Add ``row``, replacing this run's row of the same point (another pass of it) if there
+        is one; it also supersedes a row of the file (see :meth:`rows`)."""
         key = row_key(row)
         if key in self._new_index:
             self.new[self._new_index[key]] = row
         else:
-            if key in self._existing_keys:
-                keep = [k != key for k in self._existing_keys]
-                self.existing = self.existing[keep].reset_index(drop=True)
-                self._existing_keys = [k for k in self._existing_keys if k != key]
             self._new_index[key] = len(self.new)
             self.new.append(row)
         self.unsaved += 1
@@ -202,6 +198,8 @@ class _Checkpoint:
         frames = [self.existing] + ([normalize_rows(pd.DataFrame(self.new))] if self.new else [])
         rows = normalize_rows(pd.concat([f for f in frames if len(f)], ignore_index=True)) \
             if any(len(f) for f in frames) else empty_rows()
+        # A point measured again in this run (another pass) supersedes the file's row of it.
+        rows = rows.drop_duplicates(list(KEY_COLUMNS), keep="last")
         # Grid order, so a resumed file is byte-for-byte the order a single run writes.
         rank = [self.order.get(k, len(self.order)) for k in map(row_key, rows.to_dict("records"))]
         return rows.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
