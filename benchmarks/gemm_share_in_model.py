@@ -32,6 +32,7 @@ def in_model_ms(method: str, sparsity: float, phase: str, batch: int, length: in
     model = build_model(CPU_SMALL, method, sparsity, torch.device("cpu"), torch.float32, PruneOptions())
     seq, ctx = (length, 0) if phase == "prefill" else (1, length)
     runner = model.runner(phase, batch, seq, ctx)
+
     def call() -> None:
         if runner.setup is not None:
             runner.setup()

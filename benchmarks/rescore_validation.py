@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pis.calibrate.validate import SPEEDUP_KEY, error_pct, predict, suite_configs, summarize, with_speedups
+from pis.calibrate.validate_cli import format_speedup
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.estimator import Estimator
@@ -57,10 +58,9 @@ def main() -> None:
     print(summarize(out).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     err = out["error_pct"].abs()
     print(f"\n{len(out)} configurations: median |error| {err.median():.1f} %, max {err.max():.1f} %")
-    speed = out["speedup_error_pct"].abs().dropna()
-    if len(speed):
-        print(f"speedup over dense at the same point ({len(speed)} pruned configurations): "
-              f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
+    speed = format_speedup(out)
+    if speed:
+        print(speed)
     if args.out:
         out.to_csv(args.out, index=False)
         print(f"wrote {args.out}")

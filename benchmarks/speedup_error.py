@@ -18,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from pis.calibrate.validate import with_speedups
+from pis.profiles.schema import ROUTED_DECODER_OPS
+from pis.simulator.pruning import FAMILIES
 
-STATIC = ("static-depth", "static-width", "static-width-hidden", "low-rank", "unstructured", "semi-structured")
+#: Families that run on Hugging Face beside the dense model: all but dense and the routed ones,
+#: which run on the reference decoder.
+STATIC = tuple(name for name in FAMILIES if name != "dense" and name not in ROUTED_DECODER_OPS)
 
 
 def main() -> None:

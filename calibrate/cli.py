@@ -41,7 +41,7 @@ from pis.errors import handle_errors
               help="Measure each whole-decoder point N times, spread over the run (first, in its "
                    "place, last), and keep the median pass: these rows set the absolute level of "
                    "every in-context prediction, and a shared machine's slow minutes move them by "
-                   "10-40 %. Default: 3 on CPU grids (about 2 more minutes each on 2 cores), 1 on "
+                   "10-40 %. Default: 3 on CPU grids (about 5 more minutes each on 2 cores), 1 on "
                    "CUDA and on the tiny grid.")
 @click.option("--force", is_flag=True, help="Overwrite --out even if it holds another profile or another file.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",

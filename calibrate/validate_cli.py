@@ -73,6 +73,16 @@ def format_summary(summary: pd.DataFrame) -> str:
     return tabulate(summary.values.tolist(), headers=list(summary.columns), floatfmt=".1f")
 
 
+def format_speedup(report: pd.DataFrame) -> str | None:
+    """One line on the speedup error over dense (:func:`pis.calibrate.validate.with_speedups`);
+    None without a pruned configuration that has its dense counterpart."""
+    speed = report["speedup_error_pct"].abs().dropna()
+    if speed.empty:
+        return None
+    return (f"speedup over dense at the same point ({len(speed)} pruned configurations): "
+            f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
+
+
 def format_drift(drifts: list, report: pd.DataFrame) -> str:
     """The machine's drift per round and the errors with it taken out (a diagnostic)."""
     per_round = ", ".join(f"{d.median_pct:+.1f} %" for d in drifts)
@@ -170,10 +180,9 @@ def main(device: str, profile: str | None, do_calibrate: bool, suite: str, out: 
     click.echo(format_table(report))
     click.echo("")
     click.echo(format_summary(summarize(report)))
-    speed = report["speedup_error_pct"].abs().dropna()
-    if len(speed):
-        click.echo(f"\nspeedup over dense at the same point ({len(speed)} pruned configurations): "
-                   f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
+    speed = format_speedup(report)
+    if speed:
+        click.echo(f"\n{speed}")
     extra = "; * = some op extrapolated" if report["extrapolated"].any() else ""
     if rounds > 1:
         extra += (f"; median of {rounds} rounds (round-to-round spread: median "
