@@ -37,7 +37,7 @@ from pis.errors import handle_errors
 @click.option("--only", default=None, metavar="OP[,OP]",
               help="Measure only these ops of the grid (e.g. host_glue, or gemm_2to4), into their "
                    "own file; add them to a profile with `pis-profile merge`.")
-@click.option("--context-passes", "context_passes", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--context-passes", "context_passes", type=int, default=None, metavar="N",
               help="Measure each whole-decoder point N times, spread over the run (first, in its "
                    "place, last), and keep the median pass: these rows set the absolute level of "
                    "every in-context prediction, and a shared machine's slow minutes move them by "

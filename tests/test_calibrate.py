@@ -316,6 +316,7 @@ def test_other_config_refused_unless_force(tiny_profile, tmp_path):
     (["--dtype", "int8"], "unknown dtype"),
     (["--threads", "0"], "--threads"),
     (["--time-budget", "-1"], "--time-budget"),
+    (["--context-passes", "0"], "--context-passes"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     _assert_one_line_error(run_cli("--out", tmp_path / "p.parquet", *args), needle)
