@@ -61,7 +61,7 @@ def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None
 
     \b
     Examples:
-      pis-calibrate --device cpu --out cpu.parquet                 # quick grid, ~17 min on 2 cores
+      pis-calibrate --device cpu --out cpu.parquet                 # quick grid, ~19 min on 2 cores
       pis-calibrate --device cpu --out cpu.parquet --context-passes 1   # ~7 min, less robust
       pis-calibrate --device cuda:0 --grid default --out h100.parquet --model llama-3.1-8b
       pis-calibrate --device cuda:0 --out h100.parquet --time-budget 30   # resumable

@@ -23,16 +23,17 @@ Point counts (no ``--model``) and run times:
 grid       CPU    CUDA    time
 =========  =====  ======  ==============================================================
 tiny       50     51      seconds (tests)
-quick      979    2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
+quick      998    2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
                           (6.5-9.7 min, 2767 points, with them, the framework rows and the CPU
-                          validation model as --model); H100 323 s with --model llama-3.1-8b
-default    2824   11063   CPU 6 min 47 s on the 2-core CI machine before the routed decoders
+                          validation model as --model, one pass; 19.4 min, 2786 points, with
+                          three passes and the narrow-FFN rows); H100 323 s with --model llama-3.1-8b
+default    2843   11063   CPU 6 min 47 s on the 2-core CI machine before the routed decoders
                           (151 s alone; the 16 framework rows 31-58 s); GPU ~25 min (estimated)
-full       8650   26308   estimated: CPU ~48 min, GPU ~2 h
+full       8669   26308   estimated: CPU ~48 min, GPU ~2 h
 =========  =====  ======  ==============================================================
 
-Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 114 on CPU (38
-dense, 60 routed, 16 framework), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
+Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 133 on CPU (38
+dense, 19 at a narrow FFN, 60 routed, 16 framework), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
 
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
@@ -253,6 +254,18 @@ ROUTED_DECODE_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+#: CPU grids (not tiny) also time the Hugging Face decoder (``dense_decoder``) at the same
+#: points with its FFN this many times narrower (aligned to 64), so the in-context model can
+#: tell the GEMMs' excess from the other ops' (their shares differ between the two widths; at one
+#: width the GEMM and non-GEMM op sums rise together and no fit can separate them).
+NARROW_FFN_DIVISOR = 4
+
+
+def narrow_dims(dims: dict[str, int]) -> dict[str, int]:
+    """``dims`` with the FFN :data:`NARROW_FFN_DIVISOR` times narrower, a multiple of 64."""
+    return dict(dims, ffn=max(64, 64 * round(dims["ffn"] / NARROW_FFN_DIVISOR / 64)))
+
+
 #: The decoder_framework rows (CPU grids, not tiny): Hugging Face's decoder at a width where its
 #: ops' work is negligible, at four depths and two small points per phase, so that the framework's
 #: cost per step splits into a constant and a cost per framework op (simulator/context.py).
@@ -294,6 +307,10 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
                         for b, q in prefill]
                 pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, sparsity_pct=pct, **base)
                         for b in batches for c in contexts]
+        # The narrow Hugging Face decoder: CPU only too (the GPU host fit has one device factor).
+        narrow = narrow_dims(base)
+        pts += [point(DECODER_OPS[0], batch=b, q_len=q, kv_len=q, causal=1, **narrow) for b, q in prefill]
+        pts += [point(DECODER_OPS[0], batch=b, q_len=1, kv_len=c, causal=0, **narrow) for b, c in decode]
         # Hugging Face's framework cost: CPU only too (the GPU host model prices framework ops).
         fw_prefill, fw_decode = FRAMEWORK_SHAPES
         for layers in FRAMEWORK_LAYERS:

@@ -51,11 +51,11 @@ def info(file: str, fmt: str) -> None:
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
-    context, hosts, framework = _in_context(profile)
+    context, hosts, framework, splits = _in_context(profile)
     if fmt == "json":
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
                            "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
-                           "context_factors": context, "framework": framework}))
+                           "context_factors": context, "framework": framework, "gemm_split": splits}))
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
@@ -73,6 +73,10 @@ def info(file: str, fmt: str) -> None:
         click.echo("\nin-context factors (measured whole decoder, less loop glue / predicted op sum; "
                    "executor: a dense cache discipline or a routed family; see simulator/context.py):")
         click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
+    if splits:
+        click.echo("\nGEMMs vs other ops in context (fitted to the decoder at two FFN widths: the other ops' "
+                   "factor is other_over_gemm x the GEMMs'):")
+        click.echo(tabulate(splits, headers="keys", floatfmt=".3f"))
     if framework:
         click.echo("\nHugging Face framework cost per step, added outside the concat factor "
                    "(step_us + us_per_op x framework ops; fitted to decoder_framework rows):")
@@ -85,9 +89,9 @@ def info(file: str, fmt: str) -> None:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
 
 
-def _in_context(profile: Profile) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def _in_context(profile: Profile) -> tuple[list[dict[str, Any]], ...]:
     """The measured in-context factors; on CUDA profiles the fitted host-issue models, on CPU
-    profiles Hugging Face's fitted framework cost."""
+    profiles Hugging Face's fitted framework cost and the GEMM / other-ops split."""
     from pis.simulator.context import DIMS
     from pis.simulator.estimator import Estimator
 
@@ -95,15 +99,15 @@ def _in_context(profile: Profile) -> tuple[list[dict[str, Any]], list[dict[str, 
         ctx = Estimator(profile).context
         summary = ctx.summary()
     except PisError:  # a profile too incomplete to predict its own decoders
-        return [], [], []
+        return [], [], [], []
     framework = [dict(phase=phase, step_us=f.step_us, us_per_op=f.us_per_op, rows=f.rows)
                  for phase, f in sorted(ctx.framework.items())]
     if not ctx.host_bound:
-        return summary, [], framework
+        return summary, [], framework, ctx.splits()
     hosts = [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
                   device_factor=f.device_factor, p=f.p, rows=f.rows)
              for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
-    return summary, hosts, framework
+    return summary, hosts, framework, []
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

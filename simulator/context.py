@@ -24,6 +24,15 @@ so speedups keep coming from the op graph while absolute latencies include what 
 cannot see.
 Profiles without such rows (all v1 profiles) get a factor of 1.
 
+One factor on the whole op sum assumes every op runs equally much slower in the model. On the
+2-core CPU it is not so: under ``torch.profiler`` the validation model's GEMMs run at about
+their profiled time while everything else takes more than twice its op sum, so a family that
+shrinks the GEMMs and keeps the rest (low-rank, static width) lost less of its in-context time
+than it should and was predicted 15-18 % too fast at batch 1. At one width the GEMM and
+non-GEMM op sums of the dense rows rise together and no fit can tell them apart, so CPU grids
+also time the Hugging Face decoder with a quarter of its FFN; where a profile has both widths,
+the law becomes ``f(x) · (GEMMs + ρ · other ops)`` with one ρ per phase (:meth:`ContextModel.factors`).
+
 The routed families' executors (dynamic depth, sparse attention, dynamic width) loop over
 routers, groups and blocks, and their small gathered ops run slower in the model than both
 their isolated timings and the dense decoder's factor say (on the 2-core CPU: dynamic width's
@@ -65,6 +74,7 @@ if TYPE_CHECKING:  # the estimator builds this model: import it for types only
     import pandas as pd
 
     from pis.simulator.estimator import Estimator
+    from pis.simulator.sweep import Totals
 
 #: ``(op_sum_us, host_ops, glue_ops, head_us) -> latency_us`` at fixed design points (:meth:`ContextModel.at`).
 InContext = Callable[..., np.ndarray]
@@ -95,11 +105,18 @@ class ContextPoint:
     glue_us: float = 0.0
     #: µs of Hugging Face framework cost added outside the factor (concat rows, CPU, v4)
     framework_us: float = 0.0
+    #: µs of the op sum spent in GEMMs (:attr:`pis.simulator.sweep.Totals.gemm_us`)
+    gemm_us: float = 0.0
+
+    @property
+    def target_us(self) -> float:
+        """What the factors must explain: measured − loop glue − framework."""
+        return self.measured_us - self.glue_us - self.framework_us
 
     @property
     def factor(self) -> float:
         """(measured − loop glue − framework) / predicted op sum: what the factor must multiply."""
-        return (self.measured_us - self.glue_us - self.framework_us) / self.predicted_us
+        return self.target_us / self.predicted_us
 
 
 @dataclass(frozen=True)
@@ -144,16 +161,24 @@ class ContextModel:
                 continue
             executor, spec = EXECUTOR_OF_OP[op], _decoder_spec(dims, layers)
             if executor in OP_FOR_KV_CACHE:
-                pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, executor)
+                tot = decoder_totals(est, spec, phase, batch, length, executor)
             else:
-                pred, host_ops, glue = decoder_op_sums(est, spec, phase, batch, length, "preallocated",
-                                                       method=executor, sparsity=s)
+                tot = decoder_totals(est, spec, phase, batch, length, "preallocated", method=executor, sparsity=s)
             fw = self.framework.get(phase) if executor == "concat" else None
-            framework_us = fw.cost_us(host_ops) if fw else np.zeros(len(batch))
+            framework_us = fw.cost_us(tot.host_ops) if fw else np.zeros(len(batch))
             self.points.setdefault((executor, dims), []).extend(
-                ContextPoint(phase, int(batch[i]), int(length[i]), float(median_us[i]), float(pred[i]),
-                             float(host_ops[i]), s, float(glue[i]) * self._floor_us, float(framework_us[i]))
+                ContextPoint(phase, int(batch[i]), int(length[i]), float(median_us[i]), float(tot.latency_us[i]),
+                             float(tot.host_ops[i]), s, float(tot.glue_ops[i]) * self._floor_us,
+                             float(framework_us[i]), float(tot.gemm_us[i]))
                 for i in range(len(batch)))
+        #: (executor, dims) -> the same decoder timed with a narrower FFN (CPU grids, step 19):
+        #: the pair separates the GEMMs' in-context factor from the other ops' (:meth:`factors`)
+        self.narrow: dict[tuple, tuple[int, ...]] = {}
+        for ex, dims in self.points:
+            narrower = [d for e, d in self.points if e == ex and d[1] < dims[1] and _same_but_ffn(d, dims)]
+            if narrower:
+                self.narrow[(ex, dims)] = min(narrower, key=lambda d: d[1])
+        self._narrowed = {(ex, d) for (ex, _), d in self.narrow.items()}
         self._interp: dict[tuple, object] = {}
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
 
@@ -163,7 +188,8 @@ class ContextModel:
     def nearest_dims(self, spec: ModelSpec, executor: str = "concat") -> tuple[int, ...] | None:
         """The measured decoder shape closest to ``spec`` (log distance of hidden and FFN) among
         ``executor``'s rows (a dense cache discipline or a routed family)."""
-        measured = [dims for ex, dims in self.points if ex == executor]
+        # A narrow-FFN companion informs its wide decoder's law; it is never a law of its own.
+        measured = [dims for ex, dims in self.points if ex == executor and (ex, dims) not in self._narrowed]
         if not measured:
             return None
         want = np.log([spec.hidden, spec.ffn])
@@ -171,10 +197,10 @@ class ContextModel:
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
                    kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0,
-                   head_us: "np.ndarray | float" = 0.0) -> np.ndarray:
+                   head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None) -> np.ndarray:
         """In-context latency (µs) of design points whose op sum is ``op_sum_us``, of which
-        ``head_us`` is the LM head (see :meth:`at`)."""
-        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops, head_us)
+        ``head_us`` is the LM head and ``gemm_us`` the GEMMs, head included (see :meth:`at`)."""
+        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops, head_us, gemm_us)
 
     def has_own_rows(self, method: str) -> bool:
         """Whether ``method``'s own executor has whole-decoder rows (used on a CPU, see :meth:`at`)."""
@@ -183,7 +209,7 @@ class ContextModel:
     def at(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> "InContext":
         """What the in-context model adds at ``pts``, resolved once for every method a sweep
         evaluates there (or for ``method`` where it has its own rows, :meth:`has_own_rows`):
-        a function ``(op_sum_us, host_ops, glue_ops, head_us) -> latency_us``.
+        a function ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us) -> latency_us``.
 
         The LM head (``head_us`` of the op sum) is priced at its own row on both devices,
         never scaled: no whole-decoder row includes it, so nothing fitted to them describes it.
@@ -194,10 +220,12 @@ class ContextModel:
         CUDA: the host-issue model, ``combine(u · host_ops, f · (op_sum − head) + head, p)`` fitted to the
         profile's whole-decoder rows (:meth:`host_fit`); glue ops cost the measured
         ``host_glue`` where the profile has it. CPU: the op sum times the in-context factor
-        (:meth:`factor`), plus the host-only ``glue_ops`` (a routing loop's views and index
+        (:meth:`factors`: one on the GEMMs, one on the other ops, where the profile timed the
+        decoder at two FFN widths; else one factor on both), plus the host-only ``glue_ops`` (a routing loop's views and index
         tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
         ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
-        (The factor multiplies the op sum less the head, and the head adds as it is.)
+        (The factors multiply the op sum less the head, and the head adds as it is; without
+        ``gemm_us`` the GEMMs are taken to be the head alone, exact where the factors are one.)
         With ``kv_cache="concat"`` (Hugging Face's executor) and a profile that measured it,
         Hugging Face's framework cost (:class:`Framework`) adds to the step too, outside the
         factor: it scales with the ops issued, not with their work, so a model with fewer layers
@@ -208,19 +236,23 @@ class ContextModel:
         if self.host_bound:
             fit = self.host_fit(spec, pts.phase, kv_cache)
             if fit is None:
-                return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0: np.asarray(op_sum, dtype=np.float64)
-            return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0: fit.latency_us(
+                return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None: np.asarray(
+                    op_sum, dtype=np.float64)
+            return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None: fit.latency_us(
                 np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us,
                 np.asarray(head_us, dtype=np.float64))
-        factor, floor_us = self.factor(spec, pts, kv_cache, method), self._floor_us
+        (f_gemm, f_other), floor_us = self.factors(spec, pts, kv_cache, method), self._floor_us
         fw = self.framework.get(pts.phase) if kv_cache == "concat" else None
         # Hugging Face runs the step unless the family's own (reference) executor does.
         hf = (pts.sparsity == 0) if method and self.has_own_rows(method) else np.ones(len(pts), dtype=bool)
 
         def latency_us(op_sum: np.ndarray, host_ops: np.ndarray, glue_ops: "np.ndarray | float" = 0.0,
-                       head_us: "np.ndarray | float" = 0.0) -> np.ndarray:
+                       head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None) -> np.ndarray:
             head = np.asarray(head_us, dtype=np.float64)
-            out = factor * (op_sum - head) + head + floor_us * np.asarray(glue_ops, dtype=np.float64)
+            gemm = head if gemm_us is None else np.asarray(gemm_us, dtype=np.float64)
+            # f_other on the layers plus the GEMMs' difference: exactly the one-factor law when equal.
+            out = (f_other * (op_sum - head) + (f_gemm - f_other) * (gemm - head) + head
+                   + floor_us * np.asarray(glue_ops, dtype=np.float64))
             return out if fw is None else out + np.where(hf, fw.cost_us(host_ops), 0.0)
         return latency_us
 
@@ -242,16 +274,37 @@ class ContextModel:
             fit = HostFit(self._overhead_us, 1.0, float("inf"), 0)
         return fit
 
-    def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> np.ndarray:
-        """The factor at every design point of ``pts`` (ones without calibrated rows): the
-        dense decoder's of ``kv_cache``, or at s > 0 ``method``'s own where it has rows."""
+    def factors(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat",
+                method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(GEMM factor, factor on the other ops) at every design point of ``pts`` (ones
+        without calibrated rows): the dense decoder's of ``kv_cache``, or at s > 0 ``method``'s
+        own where it has rows (one factor on both parts: its rows are at one width).
+
+        Where the profile timed the dense decoder also with a narrower FFN (CPU grids since step 19)
+        the two parts get their own laws (:meth:`_fit_split`): inside Hugging Face's decoder the
+        GEMMs run at about their profiled speed while the norms, rotary and attention glue run
+        at more than twice theirs, so one factor on the whole op sum shrinks that excess for
+        every family that shrinks the GEMMs (low-rank at batch 1 was 15-18 % too fast).
+        Elsewhere both are the one factor (:meth:`factor`).
+        """
         dense = self._law(spec, pts, kv_cache, routed=False)
         if dense is None:
-            dense = np.ones(len(pts))
+            dense = (np.ones(len(pts)), np.ones(len(pts)))
         own = self._law(spec, pts, method, routed=True) if method and self.has_own_rows(method) else None
-        return dense if own is None else np.where(pts.sparsity > 0, own, dense)
+        if own is None:
+            return dense
+        routed = pts.sparsity > 0
+        return np.where(routed, own[0], dense[0]), np.where(routed, own[1], dense[1])
 
-    def _law(self, spec: ModelSpec, pts: Points, executor: str, routed: bool) -> np.ndarray | None:
+    def factor(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> np.ndarray:
+        """The one in-context factor at ``pts`` where the law has one (:meth:`factors`);
+        raises ValueError where the GEMMs and the other ops have their own."""
+        f_gemm, f_other = self.factors(spec, pts, kv_cache, method)
+        if not np.array_equal(f_gemm, f_other):
+            raise ValueError("this profile's law has two factors (GEMMs, other ops): use factors()")
+        return f_gemm
+
+    def _law(self, spec: ModelSpec, pts: Points, executor: str, routed: bool) -> tuple[np.ndarray, np.ndarray] | None:
         dims = self.nearest_dims(spec, executor)
         key = (executor, dims)
         cps = [p for p in self.points.get(key, []) if p.phase == pts.phase] if dims else []
@@ -260,7 +313,13 @@ class ContextModel:
         query = [pts.batch * pts.seq_len] if pts.phase == "prefill" else [pts.batch, pts.context]
         if routed:
             query.append(pts.sparsity)
-        return self._fit(key + (pts.phase,), cps, query, routed)
+            f = self._fit(key + (pts.phase,), cps, query, routed)
+            return f, f
+        narrow = [p for p in self.points.get((executor, self.narrow.get(key)), []) if p.phase == pts.phase]
+        if not narrow:
+            f = self._fit(key + (pts.phase,), cps, query)
+            return f, f
+        return self._fit_split(key + (pts.phase,), cps + narrow, query)
 
     def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray], routed: bool = False) -> np.ndarray:
         """A least-squares log-linear law through the measured factors, evaluated at ``query``.
@@ -273,26 +332,60 @@ class ContextModel:
         robust Cauchy loss both did worse than least squares).
         Axes with one measured value drop out; queries are clamped to the measured box.
         """
-        prefill = key[-1] == "prefill"
-
-        def features(axes: list[np.ndarray]) -> np.ndarray:
-            x = np.column_stack([np.asarray(a, dtype=np.float64) for a in axes])
-            logged = x.shape[1] - 1 if routed else x.shape[1]  # sparsity stays linear
-            return np.column_stack([np.log(x[:, :logged]), x[:, logged:]])
-
         if key not in self._interp:
-            axes = [[p.batch * p.length] if prefill else [p.batch, p.length] for p in cps]
-            if routed:
-                axes = [a + [p.sparsity] for a, p in zip(axes, cps)]
-            x = features(list(np.asarray(axes, dtype=np.float64).T))
-            lo, hi = x.min(axis=0), x.max(axis=0)
-            used = hi > lo
-            design = np.column_stack([np.ones(len(x)), x[:, used]])
+            design, box = _design(key[-1], cps, routed)
             coef, *_ = np.linalg.lstsq(design, np.log([p.factor for p in cps]), rcond=None)
-            self._interp[key] = (coef, used, lo, hi)
-        coef, used, lo, hi = self._interp[key]
-        q = np.clip(features(query), lo, hi)
-        return np.exp(coef[0] + q[:, used] @ coef[1:])
+            self._interp[key] = (coef, box)
+        coef, box = self._interp[key]
+        return np.exp(_query_design(query, box, routed) @ coef)
+
+    def _fit_split(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The one-factor law (as :meth:`_fit`'s) on a weighted op sum, ``f(x) · (GEMM µs +
+        ρ · other µs)``, at ``query``: the GEMMs' factor is ``f``, the other ops' ``ρ f``.
+        Fitted together to the decoder's rows at two FFN widths (:meth:`_split_fit`)."""
+        (ratio, coef), box = self._split_fit(key, cps)
+        f = np.exp(_query_design(query, box, routed=False) @ coef)
+        return f, ratio * f
+
+    def _split_fit(self, key: tuple, cps: list[ContextPoint]) -> tuple[tuple[float, np.ndarray], tuple]:
+        """``((ρ, law coefficients), box)`` of :meth:`_fit_split`, fitted once per key: least
+        squares in log time (scipy's trust-region solver from the one-factor fit and ρ = 1:
+        deterministic), ρ within :data:`OTHER_RATIO_BOUNDS`.
+
+        One ρ per decoder and phase, not a law of its own for each part: the rows' GEMM shares
+        differ enough between the widths to weigh the two parts against each other, not to fit
+        two slopes (free slopes put the prefill GEMM factor at 0.86-1.52 and the other ops' at
+        0.5-5 over one calibration's rows)."""
+        if key not in self._interp:
+            from scipy.optimize import least_squares
+
+            design, box = _design(key[-1], cps, routed=False)
+            gemm = np.array([p.gemm_us for p in cps])
+            other = np.array([p.predicted_us for p in cps]) - gemm
+            target = np.array([p.target_us for p in cps])
+            one, *_ = np.linalg.lstsq(design, np.log(target / (gemm + other)), rcond=None)
+
+            def residual(x: np.ndarray) -> np.ndarray:
+                return design @ x[1:] + np.log((gemm + np.exp(x[0]) * other) / target)
+
+            lo, hi = np.log(OTHER_RATIO_BOUNDS)
+            free = [-np.inf] * len(one), [np.inf] * len(one)
+            fit = least_squares(residual, np.concatenate([[0.0], one]), bounds=([lo, *free[0]], [hi, *free[1]]))
+            self._interp[key] = ((float(np.exp(fit.x[0])), fit.x[1:]), box)
+        return self._interp[key]
+
+    def splits(self) -> list[dict]:
+        """Per decoder with a narrow-FFN companion and phase: ρ, the other ops' factor over the
+        GEMMs' (:meth:`_fit_split`), and the rows it was fitted to (for ``pis-profile info``)."""
+        out = []
+        for (ex, dims), narrow in sorted(self.narrow.items()):
+            for phase in ("prefill", "decode"):
+                cps = [p for d in (dims, narrow) for p in self.points[(ex, d)] if p.phase == phase]
+                if any(p.phase == phase for p in self.points[(ex, narrow)]):
+                    (ratio, _), _ = self._split_fit((ex, dims, phase), cps)
+                    out.append(dict(executor=ex, **dict(zip(DIMS, dims)), narrow_ffn=narrow[1], phase=phase,
+                                    other_over_gemm=ratio, rows=len(cps)))
+        return out
 
     def summary(self) -> list[dict]:
         """Every measured point with its factor (for ``pis-profile info`` and the docs)."""
@@ -301,9 +394,43 @@ class ContextModel:
             for p in sorted(cps, key=lambda p: (p.phase, p.sparsity, p.batch, p.length)):
                 out.append(dict(executor=ex, **dict(zip(DIMS, dims)), phase=p.phase, sparsity=p.sparsity,
                                 batch=p.batch, length=p.length, measured_ms=p.measured_us / 1e3,
-                                op_sum_ms=p.predicted_us / 1e3, framework_ms=p.framework_us / 1e3,
+                                op_sum_ms=p.predicted_us / 1e3, gemm_ms=p.gemm_us / 1e3, framework_ms=p.framework_us / 1e3,
                                 factor=p.factor))
         return out
+
+
+#: Bounds of ρ, the other ops' factor over the GEMMs' (:meth:`ContextModel._fit_split`).
+OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
+
+
+def _features(axes: np.ndarray, routed: bool) -> np.ndarray:
+    """Log of the query axes (columns); a routed law's last axis, the sparsity, stays linear."""
+    logged = axes.shape[1] - 1 if routed else axes.shape[1]
+    return np.column_stack([np.log(axes[:, :logged]), axes[:, logged:]])
+
+
+def _design(phase: str, cps: list[ContextPoint], routed: bool) -> tuple[np.ndarray, tuple]:
+    """Least-squares design of a log-linear law over ``cps`` (intercept, then the axes that
+    vary) and its box ``(used, lo, hi)`` for clamping queries."""
+    axes = [[p.batch * p.length] if phase == "prefill" else [p.batch, p.length] for p in cps]
+    if routed:
+        axes = [a + [p.sparsity] for a, p in zip(axes, cps)]
+    x = _features(np.asarray(axes, dtype=np.float64), routed)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    used = hi > lo
+    return np.column_stack([np.ones(len(x)), x[:, used]]), (used, lo, hi)
+
+
+def _query_design(query: list[np.ndarray], box: tuple, routed: bool) -> np.ndarray:
+    """The design rows of ``query`` (axes as :func:`_design`'s), clamped to the measured box."""
+    used, lo, hi = box
+    q = np.clip(_features(np.column_stack([np.asarray(a, dtype=np.float64) for a in query]), routed), lo, hi)
+    return np.column_stack([np.ones(len(q)), q[:, used]])
+
+
+def _same_but_ffn(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether decoder dims ``a`` and ``b`` (:data:`DIMS`) differ in their FFN width alone."""
+    return a[0] == b[0] and a[2:] == b[2:] and a[1] != b[1]
 
 
 @dataclass(frozen=True)
@@ -433,21 +560,27 @@ def fit_framework(est: Estimator, decoders: dict[tuple, tuple]) -> dict[str, Fra
     return out
 
 
-def decoder_op_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
-                    kv_cache: str = "concat", method: str = "dense",
-                    sparsity: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted µs of the decoder ``spec`` (``method`` at ``sparsity``; dense by default)
-    without its LM head at each (batch, length), from per-op rows; the framework ops it issues
-    per step; and how many of those are host-only loop glue."""
+def decoder_totals(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
+                   kv_cache: str = "concat", method: str = "dense", sparsity: float = 0.0) -> "Totals":
+    """The op sums (:class:`pis.simulator.sweep.Totals`) of the decoder ``spec`` (``method`` at
+    ``sparsity``; dense by default) without its LM head at each (batch, length), from per-op
+    rows, with the cache discipline ``kv_cache`` of the executor that measured the row."""
     from pis.simulator.pruning import PruneOptions, build_ops
     from pis.simulator.sweep import evaluate
 
     batch, length = np.atleast_1d(batch), np.atleast_1d(length)
     seq, ctx = (length, length) if phase == "prefill" else (np.ones_like(length), length)
     pts = Points.make(phase, batch, seq, ctx, sparsity)
-    # The cache discipline of the executor that measured the row.
     groups = [g for g in build_ops(method, spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != LM_HEAD]
-    tot = evaluate(est, groups, len(pts))
+    return evaluate(est, groups, len(pts))
+
+
+def decoder_op_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
+                    kv_cache: str = "concat", method: str = "dense",
+                    sparsity: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted µs of the decoder (as :func:`decoder_totals`), the framework ops it issues
+    per step, and how many of those are host-only loop glue."""
+    tot = decoder_totals(est, spec, phase, batch, length, kv_cache, method, sparsity)
     return tot.latency_us, tot.host_ops, tot.glue_ops
 
 

@@ -27,8 +27,12 @@ def _i(x: Arr) -> np.ndarray:
     return np.maximum(np.asarray(x, dtype=np.int64), 1)
 
 
+#: Breakdown category of the decoder's GEMMs (routers' GEMMs are ``routing``).
+GEMM_CATEGORY = "gemm"
+
+
 def gemm(name: str, m: Arr, n: Arr, k: Arr, count: Arr, op: str = "gemm",
-         category: str = "gemm", work_scale: Arr = 1.0) -> OpGroup:
+         category: str = GEMM_CATEGORY, work_scale: Arr = 1.0) -> OpGroup:
     """``count`` GEMMs ``y[m×n] = x[m×k] · Wᵀ``."""
     return OpGroup(name, op, {"m": _i(m), "n": _i(n), "k": _i(k)}, count, category,
                    np.asarray(work_scale, dtype=np.float64))

@@ -20,7 +20,7 @@ from pis.simulator.estimator import SOURCE_NAMES, Estimator
 from pis.simulator.context import InContext
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
-from pis.simulator.opgraph import LM_HEAD
+from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD
 from pis.simulator.points import OpGroup, Points
 from pis.simulator.pruning import PruneOptions, build_ops
 
@@ -52,6 +52,13 @@ class Totals:
     glue_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: µs of the LM head, which no whole-decoder row timed (:mod:`pis.simulator.context`)
     head_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
+
+    @property
+    def gemm_us(self) -> np.ndarray:
+        """µs of the GEMMs (category ``gemm``: projections, FFN, low-rank factors, 2:4 and the
+        LM head; routers' GEMMs count as routing), which the CPU in-context model scales apart
+        from the other ops (:mod:`pis.simulator.context`)."""
+        return np.broadcast_to(self.by_category_us.get(GEMM_CATEGORY, 0.0), self.latency_us.shape)
 
 
 def _broadcast_shape(group: OpGroup, n: int) -> dict[str, np.ndarray]:
@@ -119,7 +126,7 @@ def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
     real decoder adds to it (``apply``, :meth:`pis.simulator.context.ContextModel.at`)."""
     if apply is None:
         return tot.latency_us
-    return apply(tot.latency_us, tot.host_ops, tot.glue_ops, tot.head_us)
+    return apply(tot.latency_us, tot.host_ops, tot.glue_ops, tot.head_us, tot.gemm_us)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,

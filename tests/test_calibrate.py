@@ -142,6 +142,19 @@ def test_model_adds_its_attention_heads():
                and p.shape_dict["q_len"] == 128 and p.shape_dict["kv_len"] == 256 for p in with_model.points)
 
 
+def test_cpu_grids_time_the_hf_decoder_at_a_narrow_ffn_too():
+    """Step 19: the dense_decoder points again with a quarter of the FFN (aligned to 64), so the
+    in-context model can split the GEMMs' factor from the other ops'; CPU grids only."""
+    _, _, dims = model_pairs("benchmarks/cpu-small.json")  # FFN 2816
+    pts = [p.shape_dict for p in context_points("quick", "cpu", dims) if p.op == "dense_decoder"]
+    wide = {(s["batch"], s["q_len"], s["kv_len"]) for s in pts if s["ffn"] == 2816}
+    narrow = {(s["batch"], s["q_len"], s["kv_len"]) for s in pts if s["ffn"] == 704}
+    assert wide == narrow and len(narrow) == 19 and len(pts) == 38
+    assert all(s["hidden"] == 1024 and s["heads"] == 16 for s in pts)
+    for kind, name in (("cuda", "quick"), ("cpu", "tiny")):
+        assert len({p.shape_dict["ffn"] for p in context_points(name, kind) if p.op == "dense_decoder"}) == 1
+
+
 def test_routed_top_k_over_few_candidates_is_measured():
     """Routers choose among 4-8 head/FFN groups: the CPU and GPU grids measure top-k there."""
     for kind, dtype in (("cpu", "fp32"), ("cuda", "bf16")):

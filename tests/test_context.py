@@ -353,3 +353,82 @@ def test_framework_rows_are_ignored_on_gpus():
     prof = make_synthetic("cuda").profile
     tiny = [dict(batch=1, q_len=1, kv_len=256, causal=0, layers=n, median_us=1000.0 * n, **TINY) for n in (2, 4)]
     assert Estimator(_add_decoder_rows(prof, "decoder_framework", tiny)).context.framework == {}
+
+
+# Step 19: the decoder at two FFN widths. GEMMs near their profiled speed, the other ops slower.
+def gemm_law(tokens):
+    return 0.95 * (np.asarray(tokens, dtype=float) / 96.0) ** 0.02
+
+
+def other_law(tokens):  # one law, the other ops at 1.8 times the GEMMs' factor
+    return 1.8 * gemm_law(tokens)
+
+
+NARROW = dict(DIMS, ffn=704)
+
+
+def _with_two_widths(synthetic) -> Profile:
+    """dense_decoder rows at DIMS and at NARROW (prefill), each measured = gemm_law x GEMM op
+    sum + other_law x the rest: the split fit must recover both laws."""
+    from pis.simulator.context import decoder_totals
+
+    est = Estimator(synthetic.profile)
+    rows = []
+    for dims in (DIMS, NARROW):
+        spec = ModelSpec("d", vocab=1, **dims)
+        for tokens in PREFILL:
+            tot = decoder_totals(est, spec, "prefill", 1, tokens)
+            gemm = float(tot.gemm_us[0])
+            t = gemm_law(tokens) * gemm + other_law(tokens) * (float(tot.latency_us[0]) - gemm)
+            rows.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1, median_us=t, ffn=dims["ffn"]))
+    return _add_decoder_rows(synthetic.profile, "dense_decoder", rows)
+
+
+def test_two_widths_split_the_gemm_factor_from_the_other_ops(synthetic):
+    from pis.simulator.points import Points
+
+    est = Estimator(_with_two_widths(synthetic))
+    ctx = est.context
+    assert ctx.narrow == {("concat", (1024, 2816, 16, 4, 64)): (1024, 704, 16, 4, 64)}
+    # The narrow decoder informs the wide one's law; it is not a shape of its own.
+    assert ctx.nearest_dims(SPEC.with_options(ffn=704)) == (1024, 2816, 16, 4, 64)
+    pts = Points.make("prefill", 1, np.array([96, 200, 1536]), 1, 0.0)
+    f_gemm, f_other = ctx.factors(SPEC, pts)
+    np.testing.assert_allclose(f_gemm, gemm_law(pts.seq_len), rtol=1e-4)
+    np.testing.assert_allclose(f_other, other_law(pts.seq_len), rtol=1e-4)
+    with pytest.raises(ValueError, match="two factors"):
+        ctx.factor(SPEC, pts)
+    (split,) = ctx.splits()  # prefill rows only
+    assert split["phase"] == "prefill" and split["narrow_ffn"] == 704 and split["rows"] == 6
+    assert split["other_over_gemm"] == pytest.approx(1.8, rel=1e-4)
+    # A sweep prices each family's GEMMs (less the unscaled head) and other ops by their own law.
+    df = sweep(est, [SPEC], ["dense", "low-rank"], [0.5], ["prefill"], [1], [200], [1], breakdown=True)
+    head = _head_ms(est, df)
+    gemm = df["t_gemm_ms"].to_numpy()
+    other = df["latency_ms"].to_numpy() / df["context_factor"].to_numpy() - gemm
+    want = gemm_law(200) * (gemm - head) + other_law(200) * other + head
+    np.testing.assert_allclose(df["latency_ms"], want, rtol=1e-4)
+    # Low-rank shrinks the GEMMs, not the rest: its speedup is below what one factor would give.
+    lr = df[df["method"] == "low-rank"].iloc[0]
+    assert lr["context_factor"] > df[df["method"] == "dense"].iloc[0]["context_factor"]
+
+
+def test_one_width_keeps_one_factor_on_both_parts(ctx_est):
+    from pis.simulator.points import Points
+
+    pts = Points.make("prefill", 1, np.array([96, 384]), 1, 0.0)
+    f_gemm, f_other = ctx_est.context.factors(SPEC, pts)
+    np.testing.assert_array_equal(f_gemm, f_other)
+    np.testing.assert_allclose(f_gemm, prefill_law(pts.seq_len), rtol=1e-6)
+
+
+def test_profile_info_shows_the_split(synthetic, tmp_path):
+    from click.testing import CliRunner
+
+    from pis.profiles.cli import main as profile_main
+
+    path = tmp_path / "two.parquet"
+    write_profile(_with_two_widths(synthetic), path)
+    shown = CliRunner().invoke(profile_main, ["info", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "GEMMs vs other ops in context" in shown.output and "1.800" in shown.output
