@@ -26,9 +26,9 @@ Profiles without such rows (all v1 profiles) get a factor of 1.
 
 One factor on the whole op sum assumes every op runs equally much slower in the model. On the
 2-core CPU it is not so: under ``torch.profiler`` the validation model's GEMMs run at about
-their profiled time while everything else takes more than twice its op sum, so a family that
-shrinks the GEMMs and keeps the rest (low-rank, static width) lost less of its in-context time
-than it should and was predicted 15-18 % too fast at batch 1. At one width the GEMM and
+their profiled time while everything else takes more than twice its op sum (framework Python
+included), so a family that shrinks the GEMMs and keeps the rest (low-rank, static width) lost
+less of its in-context time than it should and was predicted 15-18 % too fast at batch 1. At one width the GEMM and
 non-GEMM op sums of the dense rows rise together and no fit can tell them apart, so CPU grids
 also time the Hugging Face decoder with a quarter of its FFN; where a profile has both widths,
 the law becomes ``f(x) · (GEMMs + ρ · other ops)`` with one ρ per phase (:meth:`ContextModel.factors`).
@@ -281,11 +281,12 @@ class ContextModel:
         own where it has rows (one factor on both parts: its rows are at one width).
 
         Where the profile timed the dense decoder also with a narrower FFN (CPU grids since step 19)
-        the two parts get their own laws (:meth:`_fit_split`): inside Hugging Face's decoder the
-        GEMMs run at about their profiled speed while the norms, rotary and attention glue run
-        at more than twice theirs, so one factor on the whole op sum shrinks that excess for
-        every family that shrinks the GEMMs (low-rank at batch 1 was 15-18 % too fast).
-        Elsewhere both are the one factor (:meth:`factor`).
+        the other ops' factor is ρ times the GEMMs' (:meth:`_fit_split`): inside Hugging Face's
+        decoder the GEMMs run near their profiled speed while the norms, rotary and cache glue
+        run further from theirs (ρ 1.0-1.35 in prefill, 1.42-1.43 in decode on the 2-core CPU),
+        so one factor on the whole op sum shrinks that excess for every family that shrinks the
+        GEMMs (low-rank at batch 1 was 15-18 % too fast). Elsewhere both are the one factor
+        (:meth:`factor`).
         """
         dense = self._law(spec, pts, kv_cache, routed=False)
         if dense is None:
