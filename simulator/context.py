@@ -283,7 +283,7 @@ class ContextModel:
         Where the profile timed the dense decoder also with a narrower FFN (CPU grids since step 19)
         the other ops' factor is ρ times the GEMMs' (:meth:`_fit_split`): inside Hugging Face's
         decoder the GEMMs run near their profiled speed while the norms, rotary and cache glue
-        run further from theirs (ρ 1.0-1.35 in prefill, 1.42-1.43 in decode on the 2-core CPU),
+        run further from theirs (ρ 1.0-1.35 in prefill, 1.42-1.44 in decode on the 2-core CPU),
         so one factor on the whole op sum shrinks that excess for every family that shrinks the
         GEMMs (low-rank at batch 1 was 15-18 % too fast). Elsewhere both are the one factor
         (:meth:`factor`).
