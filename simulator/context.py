@@ -28,10 +28,11 @@ One factor on the whole op sum assumes every op runs equally much slower in the 
 2-core CPU it is not so: under ``torch.profiler`` the validation model's GEMMs run at about
 their profiled time while everything else takes more than twice its op sum (framework Python
 included), so a family that shrinks the GEMMs and keeps the rest (low-rank, static width) lost
-less of its in-context time than it should and was predicted 15-18 % too fast at batch 1. At one width the GEMM and
-non-GEMM op sums of the dense rows rise together and no fit can tell them apart, so CPU grids
-also time the Hugging Face decoder with a quarter of its FFN; where a profile has both widths,
-the law becomes ``f(x) · (GEMMs + ρ · other ops)`` with one ρ per phase (:meth:`ContextModel.factors`).
+less of its in-context time than it should and was predicted 15-18 % too fast at batch 1. At
+one width the GEMM and non-GEMM op sums of the dense rows rise together and no fit can tell
+them apart, so CPU grids also time the Hugging Face decoder with a quarter of its FFN; where a
+profile has both widths, the law becomes ``f(x) · (GEMMs + ρ · other ops)`` with one ρ per
+phase (:meth:`ContextModel.factors`).
 
 The routed families' executors (dynamic depth, sparse attention, dynamic width) loop over
 routers, groups and blocks, and their small gathered ops run slower in the model than both
@@ -76,7 +77,8 @@ if TYPE_CHECKING:  # the estimator builds this model: import it for types only
     from pis.simulator.estimator import Estimator
     from pis.simulator.sweep import Totals
 
-#: ``(op_sum_us, host_ops, glue_ops, head_us) -> latency_us`` at fixed design points (:meth:`ContextModel.at`).
+#: ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us) -> latency_us`` at fixed design points
+#: (:meth:`ContextModel.at`).
 InContext = Callable[..., np.ndarray]
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
@@ -221,8 +223,8 @@ class ContextModel:
         profile's whole-decoder rows (:meth:`host_fit`); glue ops cost the measured
         ``host_glue`` where the profile has it. CPU: the op sum times the in-context factor
         (:meth:`factors`: one on the GEMMs, one on the other ops, where the profile timed the
-        decoder at two FFN widths; else one factor on both), plus the host-only ``glue_ops`` (a routing loop's views and index
-        tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
+        decoder at two FFN widths; else one factor on both), plus the host-only ``glue_ops``
+        (a routing loop's views and index tensors, in no op's timing) at the measured ``host_glue`` µs per op, else the
         ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
         (The factors multiply the op sum less the head, and the head adds as it is; without
         ``gemm_us`` the GEMMs are taken to be the head alone, exact where the factors are one.)
@@ -281,7 +283,7 @@ class ContextModel:
         own where it has rows (one factor on both parts: its rows are at one width).
 
         Where the profile timed the dense decoder also with a narrower FFN (CPU grids since step 19)
-        the other ops' factor is ρ times the GEMMs' (:meth:`_fit_split`): inside Hugging Face's
+        the other ops' factor is ρ times the GEMMs' (:meth:`_split_fit`): inside Hugging Face's
         decoder the GEMMs run near their profiled speed while the norms, rotary and cache glue
         run further from theirs (ρ 1.0-1.35 in prefill, 1.42-1.44 in decode on the 2-core CPU),
         so one factor on the whole op sum shrinks that excess for every family that shrinks the
@@ -316,11 +318,18 @@ class ContextModel:
             query.append(pts.sparsity)
             f = self._fit(key + (pts.phase,), cps, query, routed)
             return f, f
-        narrow = [p for p in self.points.get((executor, self.narrow.get(key)), []) if p.phase == pts.phase]
+        narrow = self._narrow_points(key, pts.phase)
         if not narrow:
             f = self._fit(key + (pts.phase,), cps, query)
             return f, f
-        return self._fit_split(key + (pts.phase,), cps + narrow, query)
+        # The weighted op sum's law: the GEMMs' factor is f, the other ops' ρ f.
+        (ratio, coef), box = self._split_fit(key + (pts.phase,), cps + narrow)
+        f = np.exp(_query_design(query, box, routed=False) @ coef)
+        return f, ratio * f
+
+    def _narrow_points(self, key: tuple, phase: str) -> list[ContextPoint]:
+        """The ``phase`` rows of the narrow-FFN companion of decoder ``key`` (none without one)."""
+        return [p for p in self.points.get((key[0], self.narrow.get(key)), []) if p.phase == phase]
 
     def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray], routed: bool = False) -> np.ndarray:
         """A least-squares log-linear law through the measured factors, evaluated at ``query``.
@@ -340,24 +349,18 @@ class ContextModel:
         coef, box = self._interp[key]
         return np.exp(_query_design(query, box, routed) @ coef)
 
-    def _fit_split(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The one-factor law (as :meth:`_fit`'s) on a weighted op sum, ``f(x) · (GEMM µs +
-        ρ · other µs)``, at ``query``: the GEMMs' factor is ``f``, the other ops' ``ρ f``.
-        Fitted together to the decoder's rows at two FFN widths (:meth:`_split_fit`)."""
-        (ratio, coef), box = self._split_fit(key, cps)
-        f = np.exp(_query_design(query, box, routed=False) @ coef)
-        return f, ratio * f
-
     def _split_fit(self, key: tuple, cps: list[ContextPoint]) -> tuple[tuple[float, np.ndarray], tuple]:
-        """``((ρ, law coefficients), box)`` of :meth:`_fit_split`, fitted once per key: least
-        squares in log time (scipy's trust-region solver from the one-factor fit and ρ = 1:
-        deterministic), ρ within :data:`OTHER_RATIO_BOUNDS`.
+        """``((ρ, law coefficients), box)`` of the law ``f(x) · (GEMM µs + ρ · other µs)`` (as
+        :meth:`_fit`'s law, on a weighted op sum), fitted once per key to the decoder's rows
+        at two FFN widths, ``cps``: least squares in log time (scipy's trust-region solver from
+        the one-factor fit and ρ = 1: deterministic), ρ within :data:`OTHER_RATIO_BOUNDS`.
 
         One ρ per decoder and phase, not a law of its own for each part: the rows' GEMM shares
         differ enough between the widths to weigh the two parts against each other, not to fit
         two slopes (free slopes put the prefill GEMM factor at 0.86-1.52 and the other ops' at
         0.5-5 over one calibration's rows)."""
-        if key not in self._interp:
+        cached = key + ("split",)  # beside the one-factor law of the same decoder and phase
+        if cached not in self._interp:
             from scipy.optimize import least_squares
 
             design, box = _design(key[-1], cps, routed=False)
@@ -372,20 +375,21 @@ class ContextModel:
             lo, hi = np.log(OTHER_RATIO_BOUNDS)
             free = [-np.inf] * len(one), [np.inf] * len(one)
             fit = least_squares(residual, np.concatenate([[0.0], one]), bounds=([lo, *free[0]], [hi, *free[1]]))
-            self._interp[key] = ((float(np.exp(fit.x[0])), fit.x[1:]), box)
-        return self._interp[key]
+            self._interp[cached] = ((float(np.exp(fit.x[0])), fit.x[1:]), box)
+        return self._interp[cached]
 
     def splits(self) -> list[dict]:
         """Per decoder with a narrow-FFN companion and phase: ρ, the other ops' factor over the
-        GEMMs' (:meth:`_fit_split`), and the rows it was fitted to (for ``pis-profile info``)."""
+        GEMMs' (:meth:`_split_fit`), and the rows it was fitted to (for ``pis-profile info``)."""
         out = []
-        for (ex, dims), narrow in sorted(self.narrow.items()):
+        for key, narrow_dims in sorted(self.narrow.items()):
             for phase in ("prefill", "decode"):
-                cps = [p for d in (dims, narrow) for p in self.points[(ex, d)] if p.phase == phase]
-                if any(p.phase == phase for p in self.points[(ex, narrow)]):
-                    (ratio, _), _ = self._split_fit((ex, dims, phase), cps)
-                    out.append(dict(executor=ex, **dict(zip(DIMS, dims)), narrow_ffn=narrow[1], phase=phase,
-                                    other_over_gemm=ratio, rows=len(cps)))
+                narrow = self._narrow_points(key, phase)
+                if narrow:
+                    cps = [p for p in self.points[key] if p.phase == phase] + narrow
+                    (ratio, _), _ = self._split_fit(key + (phase,), cps)
+                    out.append(dict(executor=key[0], **dict(zip(DIMS, key[1])), narrow_ffn=narrow_dims[1],
+                                    phase=phase, other_over_gemm=ratio, rows=len(cps)))
         return out
 
     def summary(self) -> list[dict]:
@@ -395,12 +399,13 @@ class ContextModel:
             for p in sorted(cps, key=lambda p: (p.phase, p.sparsity, p.batch, p.length)):
                 out.append(dict(executor=ex, **dict(zip(DIMS, dims)), phase=p.phase, sparsity=p.sparsity,
                                 batch=p.batch, length=p.length, measured_ms=p.measured_us / 1e3,
-                                op_sum_ms=p.predicted_us / 1e3, gemm_ms=p.gemm_us / 1e3, framework_ms=p.framework_us / 1e3,
+                                op_sum_ms=p.predicted_us / 1e3, gemm_ms=p.gemm_us / 1e3,
+                                framework_ms=p.framework_us / 1e3,
                                 factor=p.factor))
         return out
 
 
-#: Bounds of ρ, the other ops' factor over the GEMMs' (:meth:`ContextModel._fit_split`).
+#: Bounds of ρ, the other ops' factor over the GEMMs' (:meth:`ContextModel._split_fit`).
 OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
 
 
