@@ -5,8 +5,10 @@ LM head, so whether it should scale the head is a question for measurement. This
 validation model (``CPU_SMALL``, or ``--layers``) with its vocabulary (8192) and with a
 vocabulary of 64, interleaved over ``--rounds``, and prints the difference of the medians (the
 head in context) beside the head's GEMM timed with calibration's bench, minus the 64-wide one.
+``--reference`` asks the same of pis's reference decoder (the routed families' executor), whose
+whole-decoder rows are its forward without the LM head: it times the model with and without it.
 
-    python benchmarks/head_in_context.py [--point decode:1:1024 ...] [--rounds 2]
+    python benchmarks/head_in_context.py [--point decode:1:1024 ...] [--rounds 2] [--reference]
 
 Points are ``decode:BATCH:CONTEXT`` or ``prefill:BATCH:SEQ``. The CPU only: that is where the
 factor scales op sums (on a GPU the head is a sliver of the step).
@@ -30,13 +32,24 @@ from pis.simulator.pruning import PruneOptions
 SMALL_VOCAB = 64
 
 
-def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: int) -> dict[str, float]:
-    """Medians (ms) of the model with either vocabulary, and of the head's GEMM alone."""
+def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: int,
+                    reference: bool = False) -> dict[str, float]:
+    """Medians (ms) of the model with its head and with a negligible one (Hugging Face: vocabulary
+    64; ``reference``: no head), and of the head's GEMM alone."""
     dev = torch.device("cpu")
     seq, ctx = (length, 0) if phase == "prefill" else (1, length)
     times: dict[int, list[float]] = {CPU_SMALL.vocab: [], SMALL_VOCAB: []}
+    if reference:
+        spec = dataclasses.replace(CPU_SMALL, layers=layers)
+        model = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions(kv_cache="preallocated"),
+                            reference_dense=True)
+        runners = {CPU_SMALL.vocab: model.runner(phase, batch, seq, ctx),
+                   SMALL_VOCAB: model.runner(phase, batch, seq, ctx, logits=False)}
     for _ in range(rounds):
         for vocab in times:
+            if reference:
+                times[vocab].append(measure_runner(runners[vocab], dev, EFFORT["full"])[0])
+                continue
             spec = dataclasses.replace(CPU_SMALL, vocab=vocab, layers=layers)
             model = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions())
             times[vocab].append(measure_runner(model.runner(phase, batch, seq, ctx), dev, EFFORT["full"])[0])
@@ -47,8 +60,8 @@ def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: in
         return measure_point(point("gemm", m=batch, n=n, k=CPU_SMALL.hidden), "fp32", dev, timer)["median_us"] / 1e3
 
     full, small = (float(np.median(v)) for v in times.values())
-    return dict(with_head_ms=full, small_head_ms=small, head_in_context_ms=full - small,
-                head_alone_ms=gemm_ms(CPU_SMALL.vocab) - gemm_ms(SMALL_VOCAB))
+    alone = gemm_ms(CPU_SMALL.vocab) - (0.0 if reference else gemm_ms(SMALL_VOCAB))
+    return dict(with_head_ms=full, small_head_ms=small, head_in_context_ms=full - small, head_alone_ms=alone)
 
 
 def main() -> None:
@@ -58,14 +71,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--layers", type=int, default=CPU_SMALL.layers)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reference", action="store_true", help="pis's reference decoder, with and without its head")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for spec in args.point or ["decode:1:1024", "decode:4:2048", "decode:8:512"]:
         phase, b, n = spec.split(":")
-        r = head_in_context(phase, int(b), int(n), args.rounds, args.layers)
+        r = head_in_context(phase, int(b), int(n), args.rounds, args.layers, args.reference)
         print(f"{phase} B={b} {'S' if phase == 'prefill' else 'C'}={n}: model {r['with_head_ms']:.2f} ms, "
-              f"vocab {SMALL_VOCAB} {r['small_head_ms']:.2f} ms -> head in context "
+              f"{'no head' if args.reference else f'vocab {SMALL_VOCAB}'} {r['small_head_ms']:.2f} ms -> head in context "
               f"{r['head_in_context_ms']:.2f} ms; alone {r['head_alone_ms']:.2f} ms "
               f"(ratio {r['head_in_context_ms'] / r['head_alone_ms']:.2f})", flush=True)
 
