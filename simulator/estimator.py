@@ -4,7 +4,8 @@ The query order follows AIConfigurator's, and every prediction says which path a
 
 1. **exact** (``EXACT``): the shape was measured; its median latency is returned.
 2. **interpolation** (``INTERP``): the shape lies inside the convex hull of measured shapes of
-   the same op (and, for attention, the same ``head_dim`` and ``causal``). The estimator
+   the same op (and, for attention, the same ``head_dim`` and ``causal``, and on a CPU the same
+   side of grouped-query attention, :data:`GROUPED`). The estimator
    interpolates the *log-utilization* ``log(SOL / measured)`` — smoother across shapes than raw
    time — piecewise-linearly in log-shape space: GEMM/top-k over ``(log m, log n, log k)``,
    attention over ``log`` of batch, q_len, kv_len, heads, kv_heads (constant ones dropped),
@@ -53,6 +54,17 @@ SOURCE_NAMES: tuple[str, ...] = ("exact", "interp", "roofline")
 
 #: Attention is interpolated separately for each value of these columns.
 PARTITION_COLUMNS: tuple[str, ...] = ("head_dim", "causal")
+#: ...and, on a CPU, separately for grouped-query shapes (heads > kv_heads) and the rest: there
+#: SDPA with ``enable_gqa`` takes another path when query heads share K/V heads (on the 2-core
+#: VM 8 query heads over 4 K/V heads cost 146 µs at batch 1, context 1024, against 59 µs over 8
+#: and 101 µs over 2), so interpolating across the boundary was off by 2x (the geometric middle
+#: of 4/4 and 16/4 priced 8/4 at 67 µs). CUDA kernels read shared K/V heads natively; there the
+#: split only takes neighbours away (leave-one-pair-out error on the H100 profile: median 4.8 %
+#: without, 6.7 % with; benchmarks/attention_pairs_loo.py). Name of that derived key.
+GROUPED: str = "grouped"
+#: How far a partition of the other regime counts when a query's own has no rows (between
+#: causal's 100 and head_dim's log distance: the same regime at another head_dim is preferred).
+GROUPED_WEIGHT = 10.0
 #: Ops whose N and K may be tile-quantized, and the columns that are.
 QUANTIZED_OPS: tuple[str, ...] = ("gemm", "gemm_2to4")
 QUANTIZED_COLUMNS: tuple[str, ...] = ("n", "k")
@@ -89,11 +101,13 @@ class Estimator:
         quantize: ``"auto"`` (on for CUDA profiles), ``"align"``/``True`` or ``"none"``/``False``.
         launch_floor: apply ``max(kernel, overhead)``; ``None`` means on for CUDA profiles.
         name: how error messages name the profile (default: its device name and dtype).
+        split_gqa: interpolate grouped-query attention apart from the rest (:data:`GROUPED`);
+            ``None`` means on for CPU profiles.
     """
 
     def __init__(self, profile: Profile, *, allow_roofline: bool = False,
                  quantize: str | bool = "auto", launch_floor: bool | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, split_gqa: bool | None = None) -> None:
         self.profile = profile
         meta = profile.meta
         self.dtype = _profile_dtype(profile)
@@ -103,6 +117,7 @@ class Estimator:
         self.allow_roofline = allow_roofline
         self.quantize = _quantize_mode(quantize, self.is_cuda)
         self.launch_floor = self.is_cuda if launch_floor is None else bool(launch_floor)
+        self.split_gqa = not self.is_cuda if split_gqa is None else bool(split_gqa)
 
         self._rows = _rows_by_op(profile, self.dtype)
         self.peak_flops, self.peak_bandwidth, self.peak_source = self._peaks()
@@ -228,7 +243,8 @@ class Estimator:
             data = self._rows.get(op)
             if data is None or not OPS[op].columns:
                 return None
-            self._models[op] = _OpModel(op, data, self._sol_keys(op, data.keys), self.quantize)
+            self._models[op] = _OpModel(op, data, self._sol_keys(op, data.keys), self.quantize,
+                                        split_gqa=self.split_gqa)
         return self._models[op]
 
     def _sol_keys(self, op: str, keys: np.ndarray) -> np.ndarray:
@@ -332,16 +348,20 @@ class _Partition:
 class _OpModel:
     """Exact-hit index, per-partition interpolators and quantization of one op's rows."""
 
-    def __init__(self, op: str, data: _OpRows, sol: np.ndarray, quantize: bool) -> None:
+    def __init__(self, op: str, data: _OpRows, sol: np.ndarray, quantize: bool, split_gqa: bool = False) -> None:
         cols = OPS[op].columns
         self.op, self.data, self.quantize = op, data, quantize and op in QUANTIZED_OPS
         self.part_idx = [j for j, c in enumerate(cols) if c in PARTITION_COLUMNS]
         self.feat_idx = [j for j, c in enumerate(cols) if c not in PARTITION_COLUMNS]
+        #: (heads, kv_heads) columns where an attention op's rows split into GQA and not (GROUPED)
+        gqa_cols = split_gqa and {"heads", "kv_heads"} <= set(cols)
+        self.heads_idx = (cols.index("heads"), cols.index("kv_heads")) if gqa_cols else None
+        self.part_names = [cols[j] for j in self.part_idx] + ([GROUPED] if self.heads_idx else [])
         self.index = _KeyIndex(data.keys, data.times)
         util = np.log(sol / data.times)
         valid = np.isfinite(util)  # SOL = 0 (empty shapes) cannot be interpolated, only hit
         self.interpolated_rows = np.flatnonzero(valid)
-        part_keys = data.keys[:, self.part_idx]
+        part_keys = self._part_keys(data.keys)
         self.parts: dict[tuple, _Partition] = {}
         for pk in {tuple(r) for r in part_keys[valid].tolist()}:
             rows = np.flatnonzero(valid & (part_keys == pk).all(axis=1))
@@ -381,26 +401,36 @@ class _OpModel:
         feats = _log_features(keys[:, self.feat_idx])
         for pk, sel in self._groups(keys):
             part = self.parts.get(pk)
-            if part is None:  # unmeasured head_dim/causal: borrow the nearest partition, flagged
+            if part is None:  # unmeasured head_dim/causal/regime: borrow the nearest partition, flagged
                 util[sel] = self._nearest_part(pk).interp(feats[sel])[0]
                 continue
             util[sel], inside[sel] = part.interp(feats[sel])
         return sol / np.exp(util), inside
 
+    def _part_keys(self, keys: np.ndarray) -> np.ndarray:
+        """The partition key of each shape row: its :data:`PARTITION_COLUMNS`, then GROUPED."""
+        pk = keys[:, self.part_idx]
+        if self.heads_idx is None:
+            return pk
+        h, kv = self.heads_idx
+        return np.column_stack([pk, (keys[:, h] > keys[:, kv]).astype(np.int64)])
+
     def _groups(self, keys: np.ndarray) -> list[tuple[tuple, np.ndarray | slice]]:
         """(partition key, row selector) for each partition the query rows fall in."""
-        if not self.part_idx:
+        if not self.part_names:
             return [((), slice(None))]
-        pk_all = keys[:, self.part_idx]
+        pk_all = self._part_keys(keys)
         uniq, inv = np.unique(pk_all, axis=0, return_inverse=True)
         return [(tuple(int(x) for x in u), inv.reshape(-1) == i) for i, u in enumerate(uniq)]
 
     def _nearest_part(self, pk: tuple) -> _Partition:
+        weight = {"causal": 100.0, GROUPED: GROUPED_WEIGHT}
+
         def dist(other: tuple) -> float:
-            # causal must match first (weight 100), then the nearest head_dim in log space
-            return sum((100.0 if OPS[self.op].columns[j] == "causal" else 1.0)
-                       * abs(np.log(max(a, 1)) - np.log(max(b, 1)))
-                       for j, a, b in zip(self.part_idx, pk, other))
+            # causal must match first, then the GQA regime, then the nearest head_dim in log space
+            return sum(weight.get(name, 1.0) * (abs(np.log(max(a, 1)) - np.log(max(b, 1))) if name == "head_dim"
+                                                else float(a != b))
+                       for name, a, b in zip(self.part_names, pk, other))
         return self.parts[min(self.parts, key=dist)]
 
     def _out_of_range(self, keys: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_interior_points_interpolate_close_to_truth(est, synthetic, op, shape):
 
 def test_prefill_grid_is_flat_yet_interpolates(est):
     """Prefill rows all have q_len == kv_len (a degenerate point set for Qhull)."""
-    interp = est._model("attn_prefill").parts[(64, 1)].interp
+    interp = est._model("attn_prefill").parts[(64, 1, 1)].interp  # head_dim 64, causal, grouped-query
     assert interp.rank == 3 and interp.tri is not None  # 5 features: kv_heads constant, q == kv folded
 
 
@@ -142,6 +142,48 @@ def test_launch_floor_on_cuda_only(make_synthetic, est):
     assert float(pred.kernel_us) < DISPATCH_US and float(pred.time_us) == DISPATCH_US == cuda.overhead_us
     cpu = est.predict("add", tiny)
     assert float(cpu.time_us) == float(cpu.kernel_us)
+
+
+def _scaled(profile, factor: float, grouped: bool):
+    """``profile`` with its grouped-query (or its other) attention rows ``factor`` times slower."""
+    rows = profile.rows.copy()
+    sel = rows["op"].isin(["attn_decode", "attn_prefill"]) & ((rows["heads"] > rows["kv_heads"]) == grouped)
+    rows.loc[sel, ["median_us", "p10_us", "p90_us"]] *= factor
+    return type(profile)(rows=rows, meta=profile.meta)
+
+
+GQA_QUERIES = dict(batch=[1, 8, 8, 32], q_len=1, kv_len=[100, 3000, 3000, 20000], heads=[8, 12, 16, 24],
+                   kv_heads=[4, 8, 4, 8], head_dim=128, causal=0)
+MHA_QUERIES = dict(GQA_QUERIES, heads=[16, 16, 16, 16], kv_heads=[16, 16, 16, 16])
+
+
+def test_cpu_attention_interpolates_within_its_grouped_query_regime(make_synthetic):
+    # On a CPU, grouped-query shapes are priced from grouped-query rows alone, and the rest from
+    # the rest: making the MHA rows 10x slower moves no GQA prediction (8/4 lay between MHA 8/8
+    # and GQA 8/2, so one partition mixed them), and the other way round.
+    prof = make_synthetic().profile
+    gqa = Estimator(prof).op_time("attn_decode", GQA_QUERIES)
+    mha = Estimator(prof).op_time("attn_decode", MHA_QUERIES)
+    assert np.array_equal(Estimator(_scaled(prof, 10.0, grouped=False)).op_time("attn_decode", GQA_QUERIES), gqa)
+    assert np.array_equal(Estimator(_scaled(prof, 10.0, grouped=True)).op_time("attn_decode", MHA_QUERIES), mha)
+    one = Estimator(prof, split_gqa=False)
+    assert not np.allclose(Estimator(_scaled(prof, 10.0, grouped=False), split_gqa=False)
+                           .op_time("attn_decode", GQA_QUERIES), one.op_time("attn_decode", GQA_QUERIES))
+    # A regime the profile never measured borrows the other one's rows, flagged as extrapolated.
+    rows = prof.rows
+    gqa_only = type(prof)(rows=rows[~(rows["heads"] == rows["kv_heads"])], meta=prof.meta)
+    pred = Estimator(gqa_only).predict("attn_decode", MHA_QUERIES)
+    assert (pred.source == ROOFLINE).all() and pred.extrapolated.all() and (pred.time_us > 0).all()
+
+
+def test_cuda_attention_interpolates_across_the_grouped_query_boundary(make_synthetic):
+    # CUDA kernels read shared K/V heads natively: one partition per head_dim and causal, as before,
+    # so the MHA rows inform grouped-query predictions there.
+    prof = make_synthetic(device_kind="cuda").profile
+    est = Estimator(prof)
+    assert not est.split_gqa and set(est._model("attn_decode").parts) == {(64, 0), (128, 0)}
+    assert not np.allclose(Estimator(_scaled(prof, 10.0, grouped=False)).op_time("attn_decode", GQA_QUERIES),
+                           est.op_time("attn_decode", GQA_QUERIES))
 
 
 def test_tile_quantization_option(make_synthetic):
