@@ -142,6 +142,17 @@ def test_model_adds_its_attention_heads():
                and p.shape_dict["q_len"] == 128 and p.shape_dict["kv_len"] == 256 for p in with_model.points)
 
 
+@pytest.mark.parametrize("name", ["quick", "default"])
+def test_cpu_grids_measure_grouped_query_ratio_two(name):
+    """Step 20: a CPU profile interpolates grouped-query attention apart from MHA, so the ratio 2
+    that static width makes of ratio 4 (8 query heads over 4 K/V heads) has rows of its own."""
+    pairs = {(p.op, p.shape_dict["heads"], p.shape_dict["kv_heads"]) for p in build_grid(name, "cpu", "fp32").points
+             if p.op.startswith("attn")}
+    for op in ("attn_decode", "attn_prefill"):
+        assert {(op, 4, 2), (op, 8, 4), (op, 32, 16)} <= pairs
+        assert (op, 32, 8) in pairs and (op, 8, 8) in pairs  # ratios 4 and 1 stay
+
+
 def test_cpu_grids_time_the_hf_decoder_at_a_narrow_ffn_too():
     """Step 19: the dense_decoder points again with a quarter of the FFN (aligned to 64), so the
     in-context model can split the GEMMs' factor from the other ops'; CPU grids only."""
