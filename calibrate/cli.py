@@ -18,7 +18,8 @@ from pis.errors import handle_errors
 @click.option("--grid", default="quick", show_default=True, metavar="tiny|quick|default|full",
               help="Point set: tiny (tests, seconds), quick (2-core CPU: ~5 min per pass over the "
                    "whole-decoder points, see --context-passes, plus 1-2 min; GPU ~3 min), default (recommended; "
-                   "GPU ~25 min), full (dense; hours). Point counts: pis.calibrate.grid.count_points.")
+                   "2-core CPU ~24 min with three passes; GPU ~25 min), full (dense; hours). Point counts: "
+                   "pis.calibrate.grid.count_points.")
 @click.option("--dtype", default=None, metavar="bf16|fp16|fp32",
               help="Element type. Default: bf16 on CUDA, fp32 on CPU (bf16/fp16 on CPU are allowed "
                    "and measured as they run, usually far slower).")
