@@ -290,6 +290,13 @@ def _context_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int],
     return CONTEXT_SHAPES[("tiny" if name == "tiny" else kind, kind)]
 
 
+def _decoder_points(op: str, prefill: Iterable[tuple[int, int]], decode: Iterable[tuple[int, int]],
+                    **dims: int) -> list[Point]:
+    """Whole-decoder points of ``op``: prefill at each (batch, seq), then decode at each (batch, context)."""
+    return ([point(op, batch=b, q_len=q, kv_len=q, causal=1, **dims) for b, q in prefill]
+            + [point(op, batch=b, q_len=1, kv_len=c, causal=0, **dims) for b, c in decode])
+
+
 def context_points(name: str, device_kind: str, dims: dict[str, int] | None = None) -> list[Point]:
     """The whole-decoder points of grid ``name`` (:data:`CONTEXT_OPS`): the model's (or a default) shape."""
     kind = "cuda" if device_kind == "cuda" else "cpu"
@@ -300,30 +307,19 @@ def context_points(name: str, device_kind: str, dims: dict[str, int] | None = No
         # Enough layers that per-layer effects dominate, few enough to stay cheap.
         base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
     prefill, decode = _context_shapes(name, device_kind)
-    pts = []
-    for op in DECODER_OPS:
-        pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, **base) for b, q in prefill]
-        pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, **base) for b, c in decode]
+    pts = [pt for op in DECODER_OPS for pt in _decoder_points(op, prefill, decode, **base)]
     # Routed decoders: CPU grids only so far (their GPU in-context model, the host fit, is
     # fitted to dense rows; see simulator/context.py), and not the seconds-long tiny grid.
     if kind in ROUTED_DECODE_AXES and not tiny:
-        batches, contexts = ROUTED_DECODE_AXES[kind]
+        routed_decode = tuple(itertools.product(*ROUTED_DECODE_AXES[kind]))
         for op in ROUTED_DECODER_OPS.values():
             for pct in (round(100 * s) for s in ROUTED_CONTEXT_SPARSITIES):
-                pts += [point(op, batch=b, q_len=q, kv_len=q, causal=1, sparsity_pct=pct, **base)
-                        for b, q in prefill]
-                pts += [point(op, batch=b, q_len=1, kv_len=c, causal=0, sparsity_pct=pct, **base)
-                        for b in batches for c in contexts]
+                pts += _decoder_points(op, prefill, routed_decode, sparsity_pct=pct, **base)
         # The narrow Hugging Face decoder: CPU only too (the GPU host fit has one device factor).
-        narrow = narrow_dims(base)
-        pts += [point(DECODER_OPS[0], batch=b, q_len=q, kv_len=q, causal=1, **narrow) for b, q in prefill]
-        pts += [point(DECODER_OPS[0], batch=b, q_len=1, kv_len=c, causal=0, **narrow) for b, c in decode]
+        pts += _decoder_points(DECODER_OPS[0], prefill, decode, **narrow_dims(base))
         # Hugging Face's framework cost: CPU only too (the GPU host model prices framework ops).
-        fw_prefill, fw_decode = FRAMEWORK_SHAPES
         for layers in FRAMEWORK_LAYERS:
-            fw = dict(FRAMEWORK_DIMS, layers=layers)
-            pts += [point(FRAMEWORK_OP, batch=b, q_len=q, kv_len=q, causal=1, **fw) for b, q in fw_prefill]
-            pts += [point(FRAMEWORK_OP, batch=b, q_len=1, kv_len=c, causal=0, **fw) for b, c in fw_decode]
+            pts += _decoder_points(FRAMEWORK_OP, *FRAMEWORK_SHAPES, **dict(FRAMEWORK_DIMS, layers=layers))
     return pts
 
 
