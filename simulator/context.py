@@ -285,7 +285,8 @@ class ContextModel:
         Where the profile timed the dense decoder also with a narrower FFN (CPU grids since step 19)
         the other ops' factor is ρ times the GEMMs' (:meth:`_split_fit`): inside Hugging Face's
         decoder the GEMMs run near their profiled speed while the norms, rotary and cache glue
-        run further from theirs (ρ 1.0-1.35 in prefill, 1.42-1.44 in decode on the 2-core CPU),
+        run further from theirs (ρ 1.0-1.35 in prefill, 1.26-1.44 in decode over five calibrations
+        on the 2-core CPU),
         so one factor on the whole op sum shrinks that excess for every family that shrinks the
         GEMMs (low-rank at batch 1 was 15-18 % too fast). Elsewhere both are the one factor
         (:meth:`factor`).
@@ -310,7 +311,7 @@ class ContextModel:
     def _law(self, spec: ModelSpec, pts: Points, executor: str, routed: bool) -> tuple[np.ndarray, np.ndarray] | None:
         dims = self.nearest_dims(spec, executor)
         key = (executor, dims)
-        cps = [p for p in self.points.get(key, []) if p.phase == pts.phase] if dims else []
+        cps = self._phase_points(key, pts.phase) if dims else []
         if not cps:
             return None
         query = [pts.batch * pts.seq_len] if pts.phase == "prefill" else [pts.batch, pts.context]
@@ -318,18 +319,21 @@ class ContextModel:
             query.append(pts.sparsity)
             f = self._fit(key + (pts.phase,), cps, query, routed)
             return f, f
-        narrow = self._narrow_points(key, pts.phase)
-        if not narrow:
+        if not self._narrow_points(key, pts.phase):
             f = self._fit(key + (pts.phase,), cps, query)
             return f, f
         # The weighted op sum's law: the GEMMs' factor is f, the other ops' ρ f.
-        (ratio, coef), box = self._split_fit(key + (pts.phase,), cps + narrow)
+        (ratio, coef), box = self._split_fit(key, pts.phase)
         f = np.exp(_query_design(query, box, routed=False) @ coef)
         return f, ratio * f
 
+    def _phase_points(self, key: tuple, phase: str) -> list[ContextPoint]:
+        """The ``phase`` rows of decoder ``key`` = (executor, dims)."""
+        return [p for p in self.points.get(key, []) if p.phase == phase]
+
     def _narrow_points(self, key: tuple, phase: str) -> list[ContextPoint]:
         """The ``phase`` rows of the narrow-FFN companion of decoder ``key`` (none without one)."""
-        return [p for p in self.points.get((key[0], self.narrow.get(key)), []) if p.phase == phase]
+        return self._phase_points((key[0], self.narrow.get(key)), phase)
 
     def _fit(self, key: tuple, cps: list[ContextPoint], query: list[np.ndarray], routed: bool = False) -> np.ndarray:
         """A least-squares log-linear law through the measured factors, evaluated at ``query``.
@@ -349,21 +353,22 @@ class ContextModel:
         coef, box = self._interp[key]
         return np.exp(_query_design(query, box, routed) @ coef)
 
-    def _split_fit(self, key: tuple, cps: list[ContextPoint]) -> tuple[tuple[float, np.ndarray], tuple]:
+    def _split_fit(self, key: tuple, phase: str) -> tuple[tuple[float, np.ndarray], tuple]:
         """``((ρ, law coefficients), box)`` of the law ``f(x) · (GEMM µs + ρ · other µs)`` (as
-        :meth:`_fit`'s law, on a weighted op sum), fitted once per key to the decoder's rows
-        at two FFN widths, ``cps``: least squares in log time (scipy's trust-region solver from
+        :meth:`_fit`'s law, on a weighted op sum), fitted once per decoder ``key`` and ``phase``
+        to its rows at both FFN widths: least squares in log time (scipy's trust-region solver from
         the one-factor fit and ρ = 1: deterministic), ρ within :data:`OTHER_RATIO_BOUNDS`.
 
         One ρ per decoder and phase, not a law of its own for each part: the rows' GEMM shares
         differ enough between the widths to weigh the two parts against each other, not to fit
         two slopes (free slopes put the prefill GEMM factor at 0.86-1.52 and the other ops' at
         0.5-5 over one calibration's rows)."""
-        cached = key + ("split",)  # beside the one-factor law of the same decoder and phase
+        cached = key + (phase, "split")  # beside the one-factor law of the same decoder and phase
         if cached not in self._interp:
             from scipy.optimize import least_squares
 
-            design, box = _design(key[-1], cps, routed=False)
+            cps = self._phase_points(key, phase) + self._narrow_points(key, phase)
+            design, box = _design(phase, cps, routed=False)
             gemm = np.array([p.gemm_us for p in cps])
             other = np.array([p.predicted_us for p in cps]) - gemm
             target = np.array([p.target_us for p in cps])
@@ -386,10 +391,10 @@ class ContextModel:
             for phase in ("prefill", "decode"):
                 narrow = self._narrow_points(key, phase)
                 if narrow:
-                    cps = [p for p in self.points[key] if p.phase == phase] + narrow
-                    (ratio, _), _ = self._split_fit(key + (phase,), cps)
+                    (ratio, _), _ = self._split_fit(key, phase)
                     out.append(dict(executor=key[0], **dict(zip(DIMS, key[1])), narrow_ffn=narrow_dims[1],
-                                    phase=phase, other_over_gemm=ratio, rows=len(cps)))
+                                    phase=phase, other_over_gemm=ratio,
+                                    rows=len(self._phase_points(key, phase)) + len(narrow)))
         return out
 
     def summary(self) -> list[dict]:
