@@ -38,22 +38,21 @@ def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: in
     64; ``reference``: no head), and of the head's GEMM alone."""
     dev = torch.device("cpu")
     seq, ctx = (length, 0) if phase == "prefill" else (1, length)
-    times: dict[int, list[float]] = {CPU_SMALL.vocab: [], SMALL_VOCAB: []}
-    if reference:
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    if reference:  # one model; the runner without logits is what the whole-decoder rows time
         spec = dataclasses.replace(CPU_SMALL, layers=layers)
         model = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions(kv_cache="preallocated"),
                             reference_dense=True)
-        runners = {CPU_SMALL.vocab: model.runner(phase, batch, seq, ctx),
-                   SMALL_VOCAB: model.runner(phase, batch, seq, ctx, logits=False)}
+        runners = {k: model.runner(phase, batch, seq, ctx, logits=k == "with") for k in times}
     for _ in range(rounds):
-        for vocab in times:
-            if reference:
-                times[vocab].append(measure_runner(runners[vocab], dev, EFFORT["full"])[0])
-                continue
-            spec = dataclasses.replace(CPU_SMALL, vocab=vocab, layers=layers)
-            model = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions())
-            times[vocab].append(measure_runner(model.runner(phase, batch, seq, ctx), dev, EFFORT["full"])[0])
-            del model
+        for k in times:
+            if not reference:  # Hugging Face: rebuilt each round with either vocabulary
+                runners = {}  # the previous model goes before the next is built
+                spec = dataclasses.replace(CPU_SMALL, vocab=CPU_SMALL.vocab if k == "with" else SMALL_VOCAB,
+                                           layers=layers)
+                runners[k] = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions()).runner(
+                    phase, batch, seq, ctx)
+            times[k].append(measure_runner(runners[k], dev, EFFORT["full"])[0])
     timer = make_timer(dev, timing_config("quick", "cpu", False))
 
     def gemm_ms(n: int) -> float:
