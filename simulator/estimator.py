@@ -223,7 +223,7 @@ class Estimator:
             keep[held] = False
             if not keep.any():
                 continue
-            sub = _OpModel(op, _OpRows(data.keys[keep], data.times[keep]), sol[keep], self.quantize)
+            sub = self._new_model(op, _OpRows(data.keys[keep], data.times[keep]), sol[keep])
             t, s, e = sub.predict(data.keys[held], lambda q: self._sol_keys(op, q))
             pred[held], source[held], extrap[held] = t, np.where(s == EXACT, INTERP, s), e
         df = pd.DataFrame(data.keys, columns=list(kind.columns))
@@ -243,9 +243,12 @@ class Estimator:
             data = self._rows.get(op)
             if data is None or not OPS[op].columns:
                 return None
-            self._models[op] = _OpModel(op, data, self._sol_keys(op, data.keys), self.quantize,
-                                        split_gqa=self.split_gqa)
+            self._models[op] = self._new_model(op, data, self._sol_keys(op, data.keys))
         return self._models[op]
+
+    def _new_model(self, op: str, data: _OpRows, sol: np.ndarray) -> "_OpModel":
+        """An op model of ``data`` with this estimator's options (the full rows, or a held-out subset)."""
+        return _OpModel(op, data, sol, self.quantize, split_gqa=self.split_gqa)
 
     def _sol_keys(self, op: str, keys: np.ndarray) -> np.ndarray:
         cols = OPS[op].columns

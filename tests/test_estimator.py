@@ -176,6 +176,18 @@ def test_cpu_attention_interpolates_within_its_grouped_query_regime(make_synthet
     assert (pred.source == ROOFLINE).all() and pred.extrapolated.all() and (pred.time_us > 0).all()
 
 
+def test_leave_out_keeps_the_grouped_query_split(make_synthetic):
+    # The held-out models of loo_errors price as the estimator does: holding out 32 query heads
+    # leaves GQA 8/2 and MHA 8/8, and the GQA rows' predictions must not move with the MHA rows.
+    prof = make_synthetic().profile
+
+    def gqa_predictions(profile) -> np.ndarray:
+        df = Estimator(profile).loo_errors("attn_decode", by="heads")
+        return df.loc[df["heads"] > df["kv_heads"], "predicted_us"].to_numpy()
+
+    assert np.array_equal(gqa_predictions(_scaled(prof, 10.0, grouped=False)), gqa_predictions(prof))
+
+
 def test_cuda_attention_interpolates_across_the_grouped_query_boundary(make_synthetic):
     # CUDA kernels read shared K/V heads natively: one partition per head_dim and causal, as before,
     # so the MHA rows inform grouped-query predictions there.
