@@ -1,7 +1,8 @@
 """How well does a profile price attention at a (query heads, K/V heads) pair it never measured?
 
-Leaves each measured (heads, kv_heads, head_dim) pair of ``attn_decode`` and ``attn_prefill``
-out of the profile in turn, predicts its rows from the rest, and prints the median |error| per
+Holds each measured (heads, kv_heads, head_dim) pair of ``attn_decode`` and ``attn_prefill``
+out of the profile in turn (``Estimator.loo_errors(by="heads,kv_heads,head_dim")``, as
+``pis-profile loo --by``), predicts its rows from the rest, and prints the median |error| per
 pair, with the estimator's grouped-query split (CPU default) and without it. This is the case a
 pruned model meets: static width cuts query heads and keeps K/V heads, so a profile calibrated
 without ``--model`` holds none of the pruned model's pairs.
@@ -13,30 +14,27 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pandas as pd
 
-from pis.profiles.schema import OPS, STATUS_OK
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import Profile, load_profile
 from pis.simulator.estimator import Estimator
 
 ATTENTION_OPS: tuple[str, ...] = ("attn_decode", "attn_prefill")
+PAIR: list[str] = ["heads", "kv_heads", "head_dim"]
 
 
 def pair_errors(profile: Profile, split_gqa: bool) -> pd.DataFrame:
     """Median and signed median error (%) of each held-out pair's rows, one row per op and pair."""
-    rows = profile.rows
+    est = Estimator(profile, split_gqa=split_gqa)
     out = []
     for op in ATTENTION_OPS:
-        ok = rows[(rows["op"] == op) & (rows["status"] == STATUS_OK)]
-        for (h, kv, hd), held in ok.groupby(["heads", "kv_heads", "head_dim"]):
-            est = Estimator(Profile(rows.drop(index=held.index), profile.meta), split_gqa=split_gqa)
-            pred = est.op_time(op, {c: held[c].to_numpy() for c in OPS[op].columns})
-            err = (np.asarray(pred) / held["median_us"].to_numpy() - 1.0) * 100.0
-            out.append(dict(op=op, heads=int(h), kv_heads=int(kv), head_dim=int(hd), rows=len(held),
-                            median_abs_pct=float(np.median(np.abs(err))), median_pct=float(np.median(err))))
-    return pd.DataFrame(out)
+        df = est.loo_errors(op, by=",".join(PAIR))
+        df["pct"] = df["rel_error"] * 100.0
+        g = df.groupby(PAIR)["pct"]
+        out.append(pd.DataFrame({"op": op, "rows": g.size(), "median_abs_pct": g.apply(lambda e: e.abs().median()),
+                                 "median_pct": g.median()}).reset_index())
+    return pd.concat(out, ignore_index=True)
 
 
 def main() -> None:
@@ -46,8 +44,7 @@ def main() -> None:
     for name in args.profile:
         prof = load_profile(resolve_profile(name))
         both = pair_errors(prof, split_gqa=False).merge(
-            pair_errors(prof, split_gqa=True), on=["op", "heads", "kv_heads", "head_dim", "rows"],
-            suffixes=("_one", "_split"))
+            pair_errors(prof, split_gqa=True), on=["op", *PAIR, "rows"], suffixes=("_one", "_split"))
         print(f"== {name}: median |error| per held-out pair, one partition vs grouped-query split")
         print(both.round(1).to_string(index=False))
         for op in ATTENTION_OPS:

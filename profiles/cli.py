@@ -376,7 +376,8 @@ def _source_meta(name: str, p: Profile) -> dict[str, Any]:
 @click.option("--quantize/--no-quantize", default=None,
               help="GEMM tile quantization of unmeasured N/K (default: on for CUDA profiles only).")
 @click.option("--by", default=None,
-              help="Hold out every value of this shape column at once (e.g. n) instead of one point.")
+              help="Hold out every value of this shape column at once (e.g. n) instead of one point; "
+                   "comma-separated columns hold out each combination (e.g. heads,kv_heads,head_dim).")
 @click.option("--worst", type=click.IntRange(0), default=0, show_default=True,
               help="Also list the N points with the largest error.")
 @click.option("--format", "fmt", type=_FORMATS_TJ, default="table", show_default=True)

@@ -187,7 +187,9 @@ class Estimator:
         Each point is predicted from all the others (its exact hit disabled). With ``by`` a
         shape column, every *value* of that column is held out at once instead (e.g.
         ``by="n"``: predict each measured width from the other widths), which is what tests
-        tile quantization. Summary: :func:`loo_summary` (also in ``df.attrs["summary"]``).
+        tile quantization; with comma-separated columns, every combination of their values
+        (``by="heads,kv_heads,head_dim"``: each attention head pair from the other pairs, as a
+        static-width model meets it). Summary: :func:`loo_summary` (also in ``df.attrs["summary"]``).
         """
         data = self._rows.get(op)
         if data is None:
@@ -195,8 +197,10 @@ class Estimator:
         kind = OPS[op]
         if not kind.columns:
             raise PisError(f"op {op!r} has no shape to interpolate over")
-        if by is not None and by not in kind.columns:
-            raise PisError(f"--by {by!r} is not a shape column of {op} ({', '.join(kind.columns)})")
+        by_cols = [] if by is None else [c.strip() for c in by.split(",")]
+        for c in by_cols:
+            if c not in kind.columns:
+                raise PisError(f"--by {c!r} is not a shape column of {op} ({', '.join(kind.columns)})")
         sol = self._sol_keys(op, data.keys)
         pred = np.full(len(data.keys), np.nan)
         source = np.full(len(data.keys), ROOFLINE, dtype=np.int8)
@@ -216,8 +220,9 @@ class Estimator:
             slow &= np.isin(np.arange(len(data.keys)), model.interpolated_rows)
             groups = [np.array([i]) for i in np.flatnonzero(slow)]
         else:
-            col = data.keys[:, kind.columns.index(by)]
-            groups = [np.flatnonzero(col == v) for v in np.unique(col)]
+            _, which = np.unique(data.keys[:, [kind.columns.index(c) for c in by_cols]], axis=0, return_inverse=True)
+            which = which.reshape(-1)
+            groups = [np.flatnonzero(which == g) for g in range(which.max() + 1)]
         for held in groups:
             keep = np.ones(len(data.keys), dtype=bool)
             keep[held] = False

@@ -242,8 +242,25 @@ def test_loo_by_column_and_other_ops(est):
     assert est.loo_errors("attn_decode").attrs["summary"]["n"] == 2 * 4 * 9 * 2 * 2
     with pytest.raises(PisError):
         est.loo_errors("gemm", by="numel")
+    with pytest.raises(PisError, match="'numel'"):
+        est.loo_errors("attn_decode", by="heads,numel")
     with pytest.raises(MissingOpError):
         est.loo_errors("gemm_2to4")
+
+
+def test_loo_by_several_columns_holds_out_each_combination(synthetic):
+    # Each (heads, kv_heads, head_dim) pair predicted from the others equals an estimator built
+    # without that pair (the synthetic profile's peaks are in its metadata, so SOL is the same).
+    est = Estimator(synthetic.profile)
+    df = est.loo_errors("attn_decode", by="heads,kv_heads,head_dim")
+    rows = synthetic.profile.rows
+    pair = (rows["op"] == "attn_decode") & (rows["heads"] == 8) & (rows["kv_heads"] == 2) & (rows["head_dim"] == 64)
+    held = rows[pair]
+    without = Estimator(type(synthetic.profile)(rows=rows[~pair], meta=synthetic.profile.meta))
+    cols = ["batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal"]
+    expect = without.predict("attn_decode", {c: held[c].to_numpy() for c in cols}).kernel_us
+    got = df.set_index(cols).loc[[tuple(r) for r in held[cols].to_numpy()], "predicted_us"].to_numpy()
+    assert len(got) == len(held) and np.allclose(got, expect, rtol=1e-12)
 
 
 def test_estimator_pickles_after_use(est):

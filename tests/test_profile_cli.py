@@ -271,6 +271,7 @@ def test_loo_summary(synthetic_file):
 def test_loo_user_errors(synthetic_file):
     assert_user_error(run("loo", synthetic_file, "--op", "gemm_2to4"), "gemm_2to4")
     assert_user_error(run("loo", synthetic_file, "--by", "heads"), "heads")
+    assert_user_error(run("loo", synthetic_file, "--op", "attn_decode", "--by", "heads,numel"), "numel")
 
 
 def test_suspicious_rows_find_a_small_shape_slower_than_a_larger_one(synthetic):
