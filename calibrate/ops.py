@@ -353,12 +353,19 @@ def build_scatter_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Ben
 def build_kv_concat(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     """``torch.cat([cache, new])`` along the sequence: a DynamicCache append copying numel
     cached elements into a new tensor. The cache is cold on CPU (a pool view per call), as a
-    layer's cache is when its turn comes; the GPU timer flushes L2 instead."""
+    layer's cache is when its turn comes; the GPU timer flushes L2 instead.
+
+    On CPU the copy lands in one preallocated tensor: the row is the copy alone. A fresh
+    output above glibc's mmap threshold (32 MiB) would also fault in its pages, or not,
+    depending on what the process freed before (in one calibration a 64 MiB append ran at
+    32 GB/s and a 128 MiB one at 8); the simulator adds that cost where the real decoder pays
+    it (:data:`pis.simulator.context.FRESH_ALLOC_THRESHOLD`)."""
     rows = max(1, int(s["numel"]) // KV_ROW)
     new = _rand(1, KV_ROW, dtype=dtype, device=device)
     if device.type == "cpu":
         cache = _cold_tensors([(rows, KV_ROW)], dtype, device)
-        return Bench(lambda: torch.cat([cache()[0], new]), _prefix(device) + "cat-cold")
+        out = torch.empty(rows + 1, KV_ROW, dtype=dtype, device=device)
+        return Bench(lambda: torch.cat([cache()[0], new], out=out), _prefix(device) + "cat-cold-out")
     fixed = _rand(rows, KV_ROW, dtype=dtype, device=device)
     return Bench(lambda: torch.cat([fixed, new]), "cat")
 

@@ -604,3 +604,11 @@ def test_passes_resume_without_repeating_or_losing_one(tmp_path):
     # Rerunning a complete file is a no-op, whatever the passes asked for now.
     again = calibrate(RunOptions(**{**opts, "context_passes": 5}), echo=msgs.append)
     assert again.status == "already_complete"
+
+
+def test_cpu_kv_concat_times_the_copy_into_one_preallocated_tensor():
+    # A fresh output over 32 MiB faults in its pages or not depending on what the process freed
+    # before; the row must be the copy alone (the simulator adds first-touch cost itself).
+    bench = ops.build("kv_concat", dict(numel=4 * 4096), torch.float32, torch.device("cpu"))
+    a, b = bench.fn(), bench.fn()
+    assert a.data_ptr() == b.data_ptr() and bench.backend.endswith("-out")
