@@ -51,11 +51,12 @@ def info(file: str, fmt: str) -> None:
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
-    context, hosts, framework, splits = _in_context(profile)
+    context, hosts, framework, splits, fresh = _in_context(profile)
     if fmt == "json":
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
                            "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
-                           "context_factors": context, "framework": framework, "gemm_split": splits}))
+                           "context_factors": context, "framework": framework, "gemm_split": splits,
+                           "fresh_alloc": fresh}))
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
@@ -81,6 +82,10 @@ def info(file: str, fmt: str) -> None:
         click.echo("\nHugging Face framework cost per step, added outside the concat factor "
                    "(step_us + us_per_op x framework ops; fitted to decoder_framework rows):")
         click.echo(tabulate(framework, headers="keys", floatfmt=".3f"))
+    if fresh:
+        click.echo(f"\nfirst touch of fresh tensors over the {fresh['threshold_mib']:g} MiB mmap threshold: "
+                   f"{fresh['us_per_mib']:.0f} µs per MiB, added outside the factors (fitted to "
+                   f"{fresh['rows']} decoder rows past it)")
     if hosts:
         click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_op x framework ops, "
                    "device_factor x op sum, p); see simulator/host.py):")
@@ -89,25 +94,29 @@ def info(file: str, fmt: str) -> None:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
 
 
-def _in_context(profile: Profile) -> tuple[list[dict[str, Any]], ...]:
+def _in_context(profile: Profile) -> tuple[Any, ...]:
     """The measured in-context factors; on CUDA profiles the fitted host-issue models, on CPU
-    profiles Hugging Face's fitted framework cost and the GEMM / other-ops split."""
-    from pis.simulator.context import DIMS
+    profiles Hugging Face's fitted framework cost, the GEMM / other-ops split and the first-touch
+    cost of fresh allocations (a dict, or None)."""
+    from pis.simulator.context import DIMS, FRESH_ALLOC_THRESHOLD
     from pis.simulator.estimator import Estimator
 
     try:
         ctx = Estimator(profile).context
         summary = ctx.summary()
     except PisError:  # a profile too incomplete to predict its own decoders
-        return [], [], [], []
+        return [], [], [], [], None
     framework = [dict(phase=phase, step_us=f.step_us, us_per_op=f.us_per_op, rows=f.rows)
                  for phase, f in sorted(ctx.framework.items())]
     if not ctx.host_bound:
-        return summary, [], framework, ctx.splits()
+        fit = ctx.fresh_alloc()
+        fresh = (dict(threshold_mib=FRESH_ALLOC_THRESHOLD / 2**20, us_per_mib=fit.us_per_mib, rows=fit.rows)
+                 if fit else None)
+        return summary, [], framework, ctx.splits(), fresh
     hosts = [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
                   device_factor=f.device_factor, p=f.p, rows=f.rows)
              for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
-    return summary, hosts, framework, []
+    return summary, hosts, framework, [], None
 
 
 def _coverage(profile: Profile) -> list[dict[str, Any]]:

@@ -53,6 +53,18 @@ negligible width and four depths (``decoder_framework`` rows); :func:`fit_framew
 their time into a cost per step and per op, which CPU ``--kv-cache concat`` predictions add
 outside the factor (and the dense rows' factors exclude).
 
+One thing no factor describes: a tensor above glibc's largest mmap threshold (32 MiB on 64-bit)
+is a fresh mapping at every allocation, so its first write faults in and zeroes every page;
+below it, a freed block is reused warm from the heap. On the 2-core CPU ``torch.cat`` of a
+30 MiB cache runs at 55 GB/s and of a 34 MiB one at 9.5 GB/s (``benchmarks/alloc_cliff.py``).
+Hugging Face's ``DynamicCache`` appends by ``torch.cat``, so decode past B·C·kv_heads·head_dim·4
+bytes = 32 MiB per layer pays it twice per layer (the dense decoder's factor jumps from 1.3 to
+2.0-2.3 between B·C = 16k and 32k tokens at four KV heads); a routed executor's gathered K/V
+blocks pay it the same way. Fitting the factor law through those rows bent it everywhere else, so
+the law fits the rows without fresh allocations over the threshold, and the rows with them fit one
+more constant per CPU profile: µs per MiB of first-touch pages (:class:`FreshAlloc`), added to the
+step outside the factor (:func:`fresh_alloc_bytes` says which ops allocate afresh).
+
 That law is for CPUs. On a GPU what the op sum misses is mostly the host issuing framework
 ops, which scales with the number of ops, not with kernel time, so CUDA profiles use the same
 rows to fit the host-issue model instead (:func:`fit_hosts`, :mod:`pis.simulator.host`).
@@ -77,14 +89,31 @@ if TYPE_CHECKING:  # the estimator builds this model: import it for types only
     from pis.simulator.estimator import Estimator
     from pis.simulator.sweep import Totals
 
-#: ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us) -> latency_us`` at fixed design points
-#: (:meth:`ContextModel.at`).
+#: ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us, fresh_bytes) -> latency_us`` at fixed
+#: design points (:meth:`ContextModel.at`).
 InContext = Callable[..., np.ndarray]
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
 OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
+#: glibc's largest dynamic mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``): a block
+#: above it is always a fresh mapping, whose pages fault in on first touch.
+FRESH_ALLOC_THRESHOLD = 32 * 2**20
+#: Ops whose output the decoders allocate anew every step: the ``torch.cat`` cache append, and
+#: the K/V gathers priced as one (:mod:`pis.simulator.pruning`).
+FRESH_OUTPUT_OPS: frozenset[str] = frozenset({"kv_concat"})
+
+
+def fresh_alloc_bytes(op: str, shape: "dict[str, np.ndarray]", itemsize: int) -> "np.ndarray | float":
+    """Bytes one call of ``op`` allocates afresh above :data:`FRESH_ALLOC_THRESHOLD` (0 below it,
+    and for ops that write into existing tensors)."""
+    if op not in FRESH_OUTPUT_OPS:
+        return 0.0
+    out = np.asarray(shape["numel"], dtype=np.float64) * itemsize
+    return np.where(out > FRESH_ALLOC_THRESHOLD, out, 0.0)
+
+
 #: The executor each whole-decoder op measured: a dense cache discipline, or a routed family.
 EXECUTOR_OF_OP: dict[str, str] = {**{op: kv for kv, op in OP_FOR_KV_CACHE.items()},
                                   **{op: family for family, op in ROUTED_DECODER_OPS.items()}}
@@ -109,6 +138,8 @@ class ContextPoint:
     framework_us: float = 0.0
     #: µs of the op sum spent in GEMMs (:attr:`pis.simulator.sweep.Totals.gemm_us`)
     gemm_us: float = 0.0
+    #: bytes allocated afresh above the mmap threshold per step (CPU rows; :class:`FreshAlloc`)
+    fresh_bytes: float = 0.0
 
     @property
     def target_us(self) -> float:
@@ -119,6 +150,18 @@ class ContextPoint:
     def factor(self) -> float:
         """(measured − loop glue − framework) / predicted op sum: what the factor must multiply."""
         return self.target_us / self.predicted_us
+
+
+@dataclass(frozen=True)
+class FreshAlloc:
+    """First-touch cost of fresh allocations above :data:`FRESH_ALLOC_THRESHOLD` (CPU), fitted to
+    the whole-decoder rows that make them (:meth:`ContextModel.fresh_alloc`)."""
+
+    us_per_mib: float
+    rows: int
+
+    def cost_us(self, fresh_bytes: "np.ndarray | float") -> np.ndarray:
+        return self.us_per_mib * np.asarray(fresh_bytes, dtype=np.float64) / 2**20
 
 
 @dataclass(frozen=True)
@@ -171,7 +214,8 @@ class ContextModel:
             self.points.setdefault((executor, dims), []).extend(
                 ContextPoint(phase, int(batch[i]), int(length[i]), float(median_us[i]), float(tot.latency_us[i]),
                              float(tot.host_ops[i]), s, float(tot.glue_ops[i]) * self._floor_us,
-                             float(framework_us[i]), float(tot.gemm_us[i]))
+                             float(framework_us[i]), float(tot.gemm_us[i]),
+                             0.0 if self.host_bound else float(tot.fresh_bytes[i]))
                 for i in range(len(batch)))
         #: (executor, dims) -> the same decoder timed with a narrower FFN (CPU grids, step 19):
         #: the pair separates the GEMMs' in-context factor from the other ops' (:meth:`factors`)
@@ -183,6 +227,7 @@ class ContextModel:
         self._narrowed = {(ex, d) for (ex, _), d in self.narrow.items()}
         self._interp: dict[tuple, object] = {}
         self._host: dict[tuple, HostFit] | None = None  # fitted on first use
+        self._fresh: FreshAlloc | None | bool = False  # fitted on first use (None: no rows)
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -228,6 +273,8 @@ class ContextModel:
         ``overhead`` row's; the host and the device are one there, so the glue adds to the step.
         (The factors multiply the op sum less the head, and the head adds as it is; without
         ``gemm_us`` the GEMMs are taken to be the head alone, exact where the factors are one.)
+        Fresh allocations above the mmap threshold (``fresh_bytes``) add their first-touch cost
+        (:meth:`fresh_alloc`), on a CPU only.
         With ``kv_cache="concat"`` (Hugging Face's executor) and a profile that measured it,
         Hugging Face's framework cost (:class:`Framework`) adds to the step too, outside the
         factor: it scales with the ops issued, not with their work, so a model with fewer layers
@@ -237,24 +284,29 @@ class ContextModel:
         glue_us = self._glue_us
         if self.host_bound:
             fit = self.host_fit(spec, pts.phase, kv_cache)
+            # The CUDA caching allocator reuses its blocks: fresh_bytes cost nothing there.
             if fit is None:
-                return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None: np.asarray(
+                return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None, fresh_bytes=0.0: np.asarray(
                     op_sum, dtype=np.float64)
-            return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None: fit.latency_us(
+            return lambda op_sum, host_ops, glue_ops=0.0, head_us=0.0, gemm_us=None, fresh_bytes=0.0: fit.latency_us(
                 np.asarray(host_ops), np.asarray(op_sum), np.asarray(glue_ops, dtype=np.float64), glue_us,
                 np.asarray(head_us, dtype=np.float64))
         (f_gemm, f_other), floor_us = self.factors(spec, pts, kv_cache, method), self._floor_us
         fw = self.framework.get(pts.phase) if kv_cache == "concat" else None
         # Hugging Face runs the step unless the family's own (reference) executor does.
         hf = (pts.sparsity == 0) if method and self.has_own_rows(method) else np.ones(len(pts), dtype=bool)
+        fresh = self.fresh_alloc()
 
         def latency_us(op_sum: np.ndarray, host_ops: np.ndarray, glue_ops: "np.ndarray | float" = 0.0,
-                       head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None) -> np.ndarray:
+                       head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None,
+                       fresh_bytes: "np.ndarray | float" = 0.0) -> np.ndarray:
             head = np.asarray(head_us, dtype=np.float64)
             gemm = head if gemm_us is None else np.asarray(gemm_us, dtype=np.float64)
             # f_other on the layers plus the GEMMs' difference: exactly the one-factor law when equal.
             out = (f_other * (op_sum - head) + (f_gemm - f_other) * (gemm - head) + head
                    + floor_us * np.asarray(glue_ops, dtype=np.float64))
+            if fresh is not None:
+                out = out + fresh.cost_us(fresh_bytes)
             return out if fw is None else out + np.where(hf, fw.cost_us(host_ops), 0.0)
         return latency_us
 
@@ -328,8 +380,34 @@ class ContextModel:
         return f, ratio * f
 
     def _phase_points(self, key: tuple, phase: str) -> list[ContextPoint]:
-        """The ``phase`` rows of decoder ``key`` = (executor, dims)."""
-        return [p for p in self.points.get(key, []) if p.phase == phase]
+        """The ``phase`` rows of decoder ``key`` = (executor, dims) that the factor law fits: those
+        without fresh allocations over the mmap threshold (the others fit :meth:`fresh_alloc`)."""
+        return [p for p in self.points.get(key, []) if p.phase == phase and not p.fresh_bytes]
+
+    def fresh_alloc(self) -> FreshAlloc | None:
+        """CPU: µs per MiB of first-touch pages, fitted once (least squares through the origin,
+        not below 0) to what the rows with fresh allocations over :data:`FRESH_ALLOC_THRESHOLD`
+        measure beyond their own decoder's factor law (fitted without them), less loop glue and
+        framework cost. None on CUDA and where no row allocates over the threshold: such
+        profiles never saw the cost, and their laws are fitted as before."""
+        if self._fresh is False:
+            self._fresh = None
+            excess, mib = [], []
+            for (ex, dims), cps in sorted(self.points.items()):
+                for p in (p for p in cps if p.fresh_bytes):
+                    dense = ex in OP_FOR_KV_CACHE
+                    spec = _decoder_spec(dims, 1)
+                    one = lambda v: np.array([v])  # noqa: E731 - one design point
+                    pts = Points.make(p.phase, one(p.batch), one(p.length if p.phase == "prefill" else 1),
+                                      one(p.length), p.sparsity)
+                    f_gemm, f_other = self.factors(spec, pts, ex if dense else "preallocated", None if dense else ex)
+                    law = float(f_other[0] * (p.predicted_us - p.gemm_us) + f_gemm[0] * p.gemm_us)
+                    excess.append(p.target_us - law)
+                    mib.append(p.fresh_bytes / 2**20)
+            if mib:
+                x, y = np.asarray(mib), np.asarray(excess)
+                self._fresh = FreshAlloc(max(0.0, float(x @ y / (x @ x))), len(x))
+        return self._fresh
 
     def _narrow_points(self, key: tuple, phase: str) -> list[ContextPoint]:
         """The ``phase`` rows of the narrow-FFN companion of decoder ``key`` (none without one)."""
@@ -405,7 +483,7 @@ class ContextModel:
                 out.append(dict(executor=ex, **dict(zip(DIMS, dims)), phase=p.phase, sparsity=p.sparsity,
                                 batch=p.batch, length=p.length, measured_ms=p.measured_us / 1e3,
                                 op_sum_ms=p.predicted_us / 1e3, gemm_ms=p.gemm_us / 1e3,
-                                framework_ms=p.framework_us / 1e3,
+                                framework_ms=p.framework_us / 1e3, fresh_mib=p.fresh_bytes / 2**20,
                                 factor=p.factor))
         return out
 

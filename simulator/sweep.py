@@ -14,10 +14,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from pis.profiles.schema import op_bytes, op_flops
+from pis.profiles.schema import DTYPE_BYTES, op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
-from pis.simulator.context import InContext
+from pis.simulator.context import InContext, fresh_alloc_bytes
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
 from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD
@@ -52,6 +52,9 @@ class Totals:
     glue_ops: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: µs of the LM head, which no whole-decoder row timed (:mod:`pis.simulator.context`)
     head_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: bytes the step allocates afresh above the allocator's mmap threshold (first-touch pages,
+    #: :func:`pis.simulator.context.fresh_alloc_bytes`)
+    fresh_bytes: np.ndarray = field(default_factory=lambda: np.zeros(()))
 
     @property
     def gemm_us(self) -> np.ndarray:
@@ -69,7 +72,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
     """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points."""
     zeros = lambda: np.zeros(n)  # noqa: E731 - tiny local factory
     tot = Totals(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
-                 host_ops=np.full(n, STEP_HOST_OPS), glue_ops=np.zeros(n), head_us=zeros())
+                 host_ops=np.full(n, STEP_HOST_OPS), glue_ops=np.zeros(n), head_us=zeros(), fresh_bytes=zeros())
     dtype = est.dtype
     for g in groups:
         count = np.broadcast_to(g.count, (n,))
@@ -85,6 +88,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
         tot.latency_us += t
         if g.name == LM_HEAD:
             tot.head_us += t
+        tot.fresh_bytes += count * fresh_alloc_bytes(g.op, shape, DTYPE_BYTES[dtype])
         work = count * np.broadcast_to(g.work_scale, (n,))
         tot.flops += work * op_flops(g.op, shape)
         tot.bytes += work * op_bytes(g.op, shape, dtype)
@@ -118,7 +122,7 @@ def _select(tot: Totals, mask: np.ndarray) -> Totals:
     return Totals(tot.latency_us[mask], tot.flops[mask], tot.bytes[mask], tot.sol_us[mask],
                   tot.extrapolated[mask], tot.by_source_us[:, mask],
                   {k: np.broadcast_to(v, mask.shape)[mask] for k, v in tot.by_category_us.items()},
-                  tot.host_ops[mask], tot.glue_ops[mask], tot.head_us[mask])
+                  tot.host_ops[mask], tot.glue_ops[mask], tot.head_us[mask], tot.fresh_bytes[mask])
 
 
 def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
@@ -126,7 +130,7 @@ def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
     real decoder adds to it (``apply``, :meth:`pis.simulator.context.ContextModel.at`)."""
     if apply is None:
         return tot.latency_us
-    return apply(tot.latency_us, tot.host_ops, tot.glue_ops, tot.head_us, tot.gemm_us)
+    return apply(tot.latency_us, tot.host_ops, tot.glue_ops, tot.head_us, tot.gemm_us, tot.fresh_bytes)
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,

@@ -432,3 +432,81 @@ def test_profile_info_shows_the_split(synthetic, tmp_path):
     shown = CliRunner().invoke(profile_main, ["info", str(path)])
     assert shown.exit_code == 0, shown.output
     assert "GEMMs vs other ops in context" in shown.output and "1.800" in shown.output
+
+
+# Step 21: fresh allocations over glibc's mmap threshold fault in their pages on a CPU.
+CLIFF = {(16, 8192): 64.0, (32, 8192): 128.0}  # (batch, context) -> MiB of each K/V append (bf16)
+FAULT_US_PER_MIB = 150.0
+
+
+def _with_cliff(prof: Profile) -> tuple[Profile, dict]:
+    """``prof`` plus decode rows past the 32 MiB threshold: the law's corner factor times the op
+    sum, plus :data:`FAULT_US_PER_MIB` per MiB of the step's fresh K/V appends."""
+    from pis.simulator.context import decoder_totals
+
+    est = Estimator(prof)
+    spec = ModelSpec("d", vocab=1, **DIMS)
+    rows, fresh = [], {}
+    for (b, c), mib in CLIFF.items():
+        tot = decoder_totals(est, spec, "decode", b, c)
+        fresh[(b, c)] = float(tot.fresh_bytes[0]) / 2**20
+        assert fresh[(b, c)] == pytest.approx(2 * DIMS["layers"] * mib, rel=1e-3)  # K and V, every layer
+        t = DECODE[(4, 1024)] * float(tot.latency_us[0]) + FAULT_US_PER_MIB * fresh[(b, c)]
+        rows.append(dict(batch=b, q_len=1, kv_len=c, causal=0, median_us=t))
+    return _add_decoder_rows(prof, "dense_decoder", rows), fresh
+
+
+def test_fresh_bytes_count_only_cache_appends_over_the_threshold():
+    from pis.simulator.context import FRESH_ALLOC_THRESHOLD, fresh_alloc_bytes
+
+    numel = np.array([FRESH_ALLOC_THRESHOLD // 2, FRESH_ALLOC_THRESHOLD // 2 + 1, 1 << 26])
+    np.testing.assert_array_equal(fresh_alloc_bytes("kv_concat", {"numel": numel}, 2),
+                                  [0.0, 2.0 * numel[1], 2.0 * numel[2]])
+    assert fresh_alloc_bytes("gather", {"numel": numel}, 2) == 0.0
+
+
+def test_fresh_allocations_fit_their_own_cost_and_leave_the_law_alone(synthetic):
+    prof, fresh = _with_cliff(_with_decoders(synthetic))
+    est = Estimator(prof)
+    fit = est.context.fresh_alloc()
+    assert fit.rows == 2 and fit.us_per_mib == pytest.approx(FAULT_US_PER_MIB, rel=1e-6)
+    # The rows past the threshold do not bend the law fitted to the others.
+    df = _run(est, "decode", [1, 2, 4], [1], [128, 362, 1024])
+    for (b, c), f in zip(zip(df["batch"], df["context_len"]), _factors(est, df)):
+        assert f == pytest.approx(decode_law(b, c), rel=1e-6)
+    # A sweep past the threshold adds the first-touch cost outside the factor.
+    big = _run(est, "decode", [16], [1], [8192])
+    op_sum_ms = big["latency_ms"].to_numpy() / big["context_factor"].to_numpy()
+    head = _head_ms(est, big)
+    fresh_mib = fresh[(16, 8192)] * SPEC.layers / DIMS["layers"]  # the sweep's model is deeper
+    want = DECODE[(4, 1024)] * (op_sum_ms - head) + head + FAULT_US_PER_MIB * fresh_mib / 1e3
+    np.testing.assert_allclose(big["latency_ms"].to_numpy(), want, rtol=1e-6)
+
+
+def test_profiles_without_rows_past_the_threshold_add_no_fresh_cost(ctx_est):
+    assert ctx_est.context.fresh_alloc() is None
+    big = _run(ctx_est, "decode", [16], [1], [8192])
+    head = _head_ms(ctx_est, big)
+    op_sum_ms = big["latency_ms"].to_numpy() / big["context_factor"].to_numpy()
+    np.testing.assert_allclose(big["latency_ms"].to_numpy(), DECODE[(4, 1024)] * (op_sum_ms - head) + head, rtol=1e-6)
+
+
+def test_fresh_allocations_cost_nothing_on_gpus():
+    from tests.conftest import make_synthetic
+
+    prof, _ = _with_cliff(make_synthetic("cuda").profile)
+    est = Estimator(prof)
+    assert est.context.fresh_alloc() is None
+    assert all(p.fresh_bytes == 0 for cps in est.context.points.values() for p in cps)
+
+
+def test_profile_info_shows_the_first_touch_cost(synthetic, tmp_path):
+    from click.testing import CliRunner
+
+    from pis.profiles.cli import main as profile_main
+
+    path = tmp_path / "cliff.parquet"
+    write_profile(_with_cliff(_with_decoders(synthetic))[0], path)
+    shown = CliRunner().invoke(profile_main, ["info", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "32 MiB mmap threshold: 150 µs per MiB" in shown.output and "2 decoder rows" in shown.output
