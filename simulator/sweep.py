@@ -17,7 +17,7 @@ import pandas as pd
 from pis.profiles.schema import DTYPE_BYTES, op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
-from pis.simulator.context import InContext, fresh_alloc_bytes
+from pis.simulator.context import FRESH_OUTPUT_OPS, InContext, fresh_alloc_bytes
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
 from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD
@@ -88,7 +88,8 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> Totals:
         tot.latency_us += t
         if g.name == LM_HEAD:
             tot.head_us += t
-        tot.fresh_bytes += count * fresh_alloc_bytes(g.op, shape, DTYPE_BYTES[dtype])
+        if g.op in FRESH_OUTPUT_OPS:  # skip the array work for the many ops that never are
+            tot.fresh_bytes += count * fresh_alloc_bytes(g.op, shape, DTYPE_BYTES[dtype])
         work = count * np.broadcast_to(g.work_scale, (n,))
         tot.flops += work * op_flops(g.op, shape)
         tot.bytes += work * op_bytes(g.op, shape, dtype)
