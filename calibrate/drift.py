@@ -25,7 +25,7 @@ from pis.calibrate import ops
 from pis.calibrate.grid import GRID_NAMES, point, timing_config
 from pis.calibrate.runner import measure_point
 from pis.calibrate.timing import make_timer
-from pis.profiles.schema import OPS, STATUS_OK
+from pis.profiles.schema import DTYPE_BYTES, OPS, STATUS_OK
 from pis.profiles.store import Profile
 
 #: Op kinds probed: compute- and memory-bound GEMMs, attention, and the memory-bound ops.
@@ -33,6 +33,13 @@ PROBE_OPS: tuple[str, ...] = ("gemm", "attn_decode", "attn_prefill", "rmsnorm", 
 #: Probe rows whose stored median lies in this range (µs): long enough to time well, short
 #: enough that the probe costs a few seconds.
 PROBE_RANGE_US: tuple[float, float] = (50.0, 5000.0)
+
+
+def _output_bytes(op: str, shape: dict, itemsize: int) -> int:
+    """Bytes of the tensor one call of a probe op returns (the largest it allocates)."""
+    if op == "gemm":
+        return shape["m"] * shape["n"] * itemsize
+    return shape.get("numel", 0) * itemsize
 
 
 @dataclass(frozen=True)
@@ -58,14 +65,22 @@ def probe_rows(profile: Profile, dtype: str, per_op: int = 2) -> list[tuple[str,
     """(op, shape, stored µs) of up to ``per_op`` measured rows of each probe op.
 
     The rows are spread evenly over the op's stored medians within :data:`PROBE_RANGE_US`, so
-    the choice is deterministic for a given profile.
+    the choice is deterministic for a given profile. Rows whose op returns a tensor at or over
+    glibc's mmap threshold are left out: whether its pages fault in depends on what the process
+    freed before, not on the machine's speed (the shipped CPU profile's 32 MiB RMSNorm row,
+    4.7 ms at calibration, re-measured at 23.9 ms in a fresh process).
     """
+    from pis.simulator.context import FRESH_ALLOC_THRESHOLD
+
+    itemsize = DTYPE_BYTES[dtype]
     rows = profile.rows
     rows = rows[(rows["status"] == STATUS_OK) & (rows["dtype"] == dtype)
                 & rows["median_us"].between(*PROBE_RANGE_US)]
     out = []
     for op in PROBE_OPS:
         sel = rows[rows["op"] == op].sort_values("median_us", kind="stable")
+        shapes = [{c: int(getattr(r, c)) for c in OPS[op].columns} for r in sel.itertuples(index=False)]
+        sel = sel[[_output_bytes(op, sh, itemsize) < FRESH_ALLOC_THRESHOLD for sh in shapes]]
         if sel.empty:
             continue
         picks = np.unique(np.linspace(0, len(sel) - 1, per_op).round().astype(int))

@@ -430,3 +430,17 @@ def test_tiny_suite_on_cuda(make_synthetic, tmp_path):
     df = pd.read_csv(out)
     assert (df["status"] == "ok").all() and np.isfinite(df["measured_ms"]).all()
     assert (df["dtype"] == "bf16").all()
+
+
+def test_drift_probe_leaves_out_rows_that_allocate_past_the_mmap_threshold():
+    from pis.calibrate.drift import probe_rows
+    from pis.profiles.store import Profile
+
+    def row(op, us, **shape):
+        return dict(op=op, dtype="fp32", status="ok", median_us=us, **shape)
+
+    rows = pd.DataFrame([row("rmsnorm", 80.0, numel=1 << 18), row("rmsnorm", 4000.0, numel=1 << 23),
+                         row("gemm", 60.0, m=16, n=256, k=512), row("gemm", 4900.0, m=4096, n=2048, k=64)])
+    picked = probe_rows(Profile(rows=rows, meta={"grid_name": "tiny"}), "fp32")
+    # 2^23 fp32 elements and a 4096 x 2048 fp32 output are 32 MiB each: a fresh mapping.
+    assert sorted((op, us) for op, _, us in picked) == [("gemm", 60.0), ("rmsnorm", 80.0)]
