@@ -292,7 +292,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     op sum (column `ctx_x` = latency / op sum): on a GPU, the host issuing every framework
     op (a decode step at small batch waits on Python, not on the GPU); on a CPU, cache misses
     and allocation (a factor), plus Hugging Face's framework cost per step and per op where
-    the profile measured it (a shallower or narrower model keeps all of it per op).
+    the profile measured it (a shallower or narrower model keeps all of it per op), plus the
+    page faults of KV-cache tensors allocated afresh above glibc's 32 MiB mmap threshold.
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
     time) and `flops_x` the FLOPs ratio.
 
