@@ -10,7 +10,11 @@ and prints the difference per MiB: the first-touch cost. With ``--profile`` it a
 what the simulator fitted to that profile's whole-decoder rows past the threshold
 (``pis.simulator.context.FreshAlloc``), an independent estimate of the same constant.
 
-    python benchmarks/alloc_cliff.py [--mib 16,30,34,48,67,134] [--profile cpu-2core]
+    python benchmarks/alloc_cliff.py [--mib 16,30,34,48,67,134] [--profile cpu-2core] [--prefill]
+
+``--prefill`` asks whether prefill activations show the cliff too: it times the validation
+model's Hugging Face prefill at 2048, 3072 and 4096 tokens, whose FFN activations (22, 33 and
+44 MiB per tensor) straddle the threshold, and prints the time per token.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", default="16,30,34,48,67,134", help="comma list of cache sizes, MiB")
     ap.add_argument("--profile", help="also print the first-touch cost fitted to this profile")
+    ap.add_argument("--prefill", action="store_true", help="also time Hugging Face prefill across the threshold")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"threshold: {FRESH_ALLOC_THRESHOLD / 2**20:g} MiB; {torch.get_num_threads()} threads")
@@ -59,6 +64,25 @@ def main() -> None:
         fit = Estimator(load_profile(resolve_profile(args.profile))).context.fresh_alloc()
         print(f"fitted to {args.profile}'s decoder rows: "
               + (f"{fit.us_per_mib:.0f} µs/MiB ({fit.rows} rows)" if fit else "none (no row past the threshold)"))
+
+    if args.prefill:
+        prefill_per_token()
+
+
+def prefill_per_token() -> None:
+    """The validation model's Hugging Face prefill per token, its FFN activations either side
+    of the threshold (a cliff would show as a step in µs per token)."""
+    from pis.calibrate.validate import CPU_SMALL, EFFORT
+    from pis.calibrate.validate_models import build_model
+
+    cpu = torch.device("cpu")
+    model = build_model(CPU_SMALL, "dense", 0.0, cpu, torch.float32)
+    for batch in (2, 3, 4):
+        seq = 1024
+        ms = measure_runner(model.runner("prefill", batch, seq, 0), cpu, EFFORT["quick"])[0]
+        act = batch * seq * CPU_SMALL.ffn * 4 / 2**20
+        print(f"prefill B={batch} S={seq}: FFN activation {act:.0f} MiB per tensor, "
+              f"{ms:.1f} ms, {ms * 1e3 / (batch * seq):.1f} µs per token")
 
 
 if __name__ == "__main__":
