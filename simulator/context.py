@@ -54,10 +54,10 @@ their time into a cost per step and per op, which CPU ``--kv-cache concat`` pred
 outside the factor (and the dense rows' factors exclude).
 
 One thing no factor describes: a tensor above glibc's largest mmap threshold (32 MiB on 64-bit)
-is a fresh mapping at every allocation, so its first write faults in and zeroes every page;
-below it, a freed block is reused warm from the heap. On the 2-core CPU ``torch.cat`` of a
-30 MiB cache runs at 55 GB/s and of a 34 MiB one at 9.5 GB/s (``benchmarks/alloc_cliff.py``).
-Hugging Face's ``DynamicCache`` appends by ``torch.cat``, so decode past B·C·kv_heads·head_dim·4
+is a fresh mapping at each allocation (unless the heap happens to hold a free block that large),
+so its first write faults in and zeroes every page; below it, a freed block is reused warm from
+the heap. On the 2-core CPU ``torch.cat`` of a 30 MiB cache runs at 25 GB/s and of a 34 MiB
+one at 8.8 GB/s, with the last-level cache evicted (``benchmarks/alloc_cliff.py``). Hugging Face's ``DynamicCache`` appends by ``torch.cat``, so decode past B·C·kv_heads·head_dim·4
 bytes = 32 MiB per layer pays it twice per layer (the dense decoder's factor jumps from 1.3 to
 2.0-2.3 between B·C = 16k and 32k tokens at four KV heads); a routed executor's gathered K/V
 blocks pay it the same way. Fitting the factor law through those rows bent it everywhere else, so
@@ -98,7 +98,8 @@ DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
 OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
 #: glibc's largest dynamic mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``): a block
-#: above it is always a fresh mapping, whose pages fault in on first touch.
+#: above it is a fresh mapping, whose pages fault in on first touch (unless the heap happens to
+#: hold a free block that large: calibration therefore times such copies into kept tensors).
 FRESH_ALLOC_THRESHOLD = 32 * 2**20
 #: Ops whose output the decoders allocate anew every step: the ``torch.cat`` cache append, and
 #: the K/V gathers priced as one (:mod:`pis.simulator.pruning`).
