@@ -215,6 +215,8 @@ def human_table(df: pd.DataFrame, breakdown: bool) -> str:
     if breakdown:
         for c in [c for c in df.columns if c.startswith("t_")]:
             view[c[2:-3]] = df[c]
+        if "first_touch_ms" in df and df["first_touch_ms"].any():
+            view["first_touch"] = df["first_touch_ms"]
     return tabulate(view, headers="keys", showindex=False, floatfmt=".3g")
 
 
@@ -276,7 +278,9 @@ def _methods_help() -> str:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--breakdown", is_flag=True,
-              help="Add per-op-type times (gemm, attention, norm, ...): op sums, before the in-context factor.")
+              help="Add per-op-type times (gemm, attention, norm, ...): op sums, before the in-context factor; "
+                   "on CPU profiles also first_touch_ms, the page faults of KV tensors allocated afresh over "
+                   "32 MiB, added outside the factor.")
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,

@@ -17,7 +17,7 @@ import pandas as pd
 from pis.profiles.schema import DTYPE_BYTES, op_bytes, op_flops
 from pis.profiles.store import Profile
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
-from pis.simulator.context import FRESH_OUTPUT_OPS, InContext, fresh_alloc_bytes
+from pis.simulator.context import FRESH_OUTPUT_OPS, FreshAlloc, InContext, fresh_alloc_bytes
 from pis.simulator.host import HOST_OP, STEP_HOST_OPS
 from pis.simulator.models import ModelSpec
 from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD
@@ -135,7 +135,8 @@ def _in_context(apply: "InContext | None", tot: Totals) -> np.ndarray:
 
 
 def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals,
-           breakdown: bool, lat_us: np.ndarray, dense_lat_us: np.ndarray) -> pd.DataFrame:
+           breakdown: bool, lat_us: np.ndarray, dense_lat_us: np.ndarray,
+           fresh: "FreshAlloc | None" = None) -> pd.DataFrame:
     lat = lat_us / 1e3
     dense_lat = dense_lat_us / 1e3
     src = tot.by_source_us / np.maximum(tot.latency_us, 1e-30)
@@ -155,6 +156,8 @@ def _frame(spec: ModelSpec, method: str, pts: Points, tot: Totals, dense: Totals
     if breakdown:
         for cat in sorted(tot.by_category_us):
             df[f"t_{cat}_ms"] = np.broadcast_to(tot.by_category_us[cat], (len(pts),)) / 1e3
+        # Outside the op sums: what fresh tensors over the mmap threshold add (CPU profiles).
+        df["first_touch_ms"] = fresh.cost_us(tot.fresh_bytes) / 1e3 if fresh else 0.0
     return df
 
 
@@ -180,6 +183,7 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
         dense = simulate_points(est, spec, "dense", pts, opts)
         apply = est.context.at(spec, pts, opts.kv_cache) if in_context else None
         dense_lat = _in_context(apply, dense)
+        fresh = est.context.fresh_alloc() if in_context else None
         for method in methods:
             if method == "dense":
                 # Dense ignores sparsity: one row per (batch, seq, context), reported at s = 0.
@@ -187,12 +191,12 @@ def sweep(est: Estimator, models: Iterable[ModelSpec], methods: Iterable[str],
                 d_pts = Points.make(phase, pts.batch[first], pts.seq_len[first], pts.context[first], 0.0)
                 d_tot = _select(dense, first)
                 frames.append(_frame(spec, method, d_pts, d_tot, d_tot, breakdown, dense_lat[first],
-                                     dense_lat[first]))
+                                     dense_lat[first], fresh))
                 continue
             tot = simulate_points(est, spec, method, pts, opts)
             # A routed family whose own decoder the profile timed gets its own factor.
             own = in_context and est.context.has_own_rows(method)
             lat = _in_context(est.context.at(spec, pts, opts.kv_cache, method) if own else apply, tot)
-            frames.append(_frame(spec, method, pts, tot, dense, breakdown, lat, dense_lat))
+            frames.append(_frame(spec, method, pts, tot, dense, breakdown, lat, dense_lat, fresh))
     df = pd.concat(frames, ignore_index=True)
     return df.fillna({c: 0.0 for c in df.columns if c.startswith("t_")})

@@ -510,3 +510,13 @@ def test_profile_info_shows_the_first_touch_cost(synthetic, tmp_path):
     shown = CliRunner().invoke(profile_main, ["info", str(path)])
     assert shown.exit_code == 0, shown.output
     assert "32 MiB mmap threshold: 150 µs per MiB" in shown.output and "2 decoder rows" in shown.output
+
+
+def test_breakdown_reports_the_first_touch_cost(synthetic):
+    prof, fresh = _with_cliff(_with_decoders(synthetic))
+    est = Estimator(prof)
+    df = sweep(est, [SPEC], ["dense"], [0.0], ["decode"], [1, 16], [1], [8192], breakdown=True)
+    got = dict(zip(df["batch"], df["first_touch_ms"]))
+    assert got[1] == 0.0
+    want_mib = fresh[(16, 8192)] * SPEC.layers / DIMS["layers"]
+    assert got[16] == pytest.approx(FAULT_US_PER_MIB * want_mib / 1e3, rel=1e-6)
