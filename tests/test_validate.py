@@ -444,3 +444,28 @@ def test_drift_probe_leaves_out_rows_that_allocate_past_the_mmap_threshold():
     picked = probe_rows(Profile(rows=rows, meta={"grid_name": "tiny"}), "fp32")
     # 2^23 fp32 elements and a 4096 x 2048 fp32 output are 32 MiB each: a fresh mapping.
     assert sorted((op, us) for op, _, us in picked) == [("gemm", 60.0), ("rmsnorm", 80.0)]
+
+
+def test_warm_allocator_stops_blocks_below_the_threshold_faulting_in_anew():
+    # In a young process every 16 MiB result is a fresh mapping whose pages fault in; after one
+    # freed block just under 32 MiB the heap keeps them (page faults counted by getrusage).
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from pis.calibrate.drift import warm_allocator
+x = torch.ones(1 << 22)
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        y = x * 2.0
+        del y
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+cold = faults()
+warm_allocator()
+print(cold, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    cold, warm = map(int, out.split())
+    assert cold > 2000 and warm < cold / 5, (cold, warm)
