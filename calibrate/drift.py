@@ -90,27 +90,9 @@ def probe_rows(profile: Profile, dtype: str, per_op: int = 2) -> list[tuple[str,
     return out
 
 
-def warm_allocator() -> None:
-    """Free one block just under glibc's largest mmap threshold, as any process that has run a
-    model has done, so the heap keeps blocks up to that size instead of mapping (and faulting in)
-    each anew.
-
-    A young process maps every block over 128 KiB afresh and trims its heap back after each free:
-    the first drift probe of a ``pis-validate`` run read the 16 MiB RMSNorm and SiLU rows 4.2 and
-    4.5x slower than the profile, and the next rounds' probes at the profile's speed. Freeing a
-    mapped block raises both thresholds to its size (glibc's dynamic mmap threshold).
-    """
-    from pis.simulator.context import FRESH_ALLOC_THRESHOLD
-
-    block = torch.empty(FRESH_ALLOC_THRESHOLD - 2**20, dtype=torch.uint8)
-    block.fill_(0)
-    del block
-
-
 def measure_drift(profile: Profile, device: torch.device, dtype: str) -> Drift:
-    """Re-measure the profile's probe rows on ``device`` with the timing of the profile's grid,
-    in a warmed-up allocator (:func:`warm_allocator`)."""
-    warm_allocator()
+    """Re-measure the profile's probe rows on ``device`` with the timing of the profile's grid
+    (a CPU timer warms the allocator first: :func:`pis.calibrate.timing.warm_allocator`)."""
     grid = str(profile.meta.get("grid_name") or "quick")
     name = grid if grid in GRID_NAMES else "quick"
     # pis-calibrate times CUDA graphs by default; the probe times ops as the profile did.

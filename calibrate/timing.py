@@ -146,6 +146,10 @@ class CpuTimer(Timer):
 
     method = "cpu: time.perf_counter per call, GEMM weights rotated through a 1 GiB pool (cold), median of adaptive repeats"
 
+    def __init__(self, config: TimingConfig) -> None:
+        super().__init__(config)
+        warm_allocator()  # time ops as in a process that has run a model
+
     def _estimate(self, fn: Fn) -> float:
         t0 = time.perf_counter()
         fn()
@@ -248,6 +252,22 @@ class CudaTimer(Timer):
         fn()
         torch.cuda.synchronize(self.device)
         return (time.perf_counter() - t0) / inner
+
+
+def warm_allocator() -> None:
+    """Free one block just under glibc's largest mmap threshold, as any process that has run a
+    model has done, so the heap keeps blocks up to that size instead of mapping (and faulting in)
+    each anew.
+
+    A young process maps every block over 128 KiB afresh and trims its heap back after each free;
+    freeing a mapped block raises both thresholds to its size (glibc's dynamic mmap threshold).
+    Without this, ``pis-calibrate --only rmsnorm`` in a fresh process recorded RMSNorm at 1-32 MiB
+    4-7x slower than the shipped profile, and ``pis-validate``'s first drift probe read the 16 MiB
+    RMSNorm and SiLU rows 4.2 and 4.5x slow while its later rounds read them at the profile's speed.
+    """
+    from pis.simulator.context import FRESH_ALLOC_THRESHOLD
+
+    torch.empty(FRESH_ALLOC_THRESHOLD - 2**20, dtype=torch.uint8)  # mapped, then freed at once
 
 
 def make_timer(device: torch.device, config: TimingConfig) -> Timer:

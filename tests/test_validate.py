@@ -446,26 +446,25 @@ def test_drift_probe_leaves_out_rows_that_allocate_past_the_mmap_threshold():
     assert sorted((op, us) for op, _, us in picked) == [("gemm", 60.0), ("rmsnorm", 80.0)]
 
 
-def test_warm_allocator_stops_blocks_below_the_threshold_faulting_in_anew():
-    # In a young process every 16 MiB result is a fresh mapping whose pages fault in; after one
-    # freed block just under 32 MiB the heap keeps them (page faults counted by getrusage).
+def test_cpu_timer_warms_the_allocator_so_young_processes_time_like_old_ones():
+    # In a young process glibc maps each block over 128 KiB afresh and trims its heap after every
+    # free, so a 1 MiB RMSNorm faulted in ~78k pages and timed 7x slower than in a process that
+    # has run a model. Page faults of one calibration point, fresh subprocess each, counted by getrusage.
     import subprocess
     import sys
 
     code = """
-import resource, torch
-from pis.calibrate.drift import warm_allocator
-x = torch.ones(1 << 22)
-def faults():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        y = x * 2.0
-        del y
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-cold = faults()
-warm_allocator()
-print(cold, faults())
+import resource, sys, torch
+import pis.calibrate.timing as T
+if sys.argv[1] == "cold":
+    T.warm_allocator = lambda: None
+from pis.calibrate.grid import point, timing_config
+from pis.calibrate.runner import measure_point
+timer = T.make_timer(torch.device("cpu"), timing_config("default", "cpu"))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+measure_point(point("rmsnorm", numel=1 << 18), "fp32", torch.device("cpu"), timer)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    cold, warm = map(int, out.split())
-    assert cold > 2000 and warm < cold / 5, (cold, warm)
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("cold", "warm")}
+    assert faults["warm"] < faults["cold"] / 5, faults
