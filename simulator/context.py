@@ -245,10 +245,12 @@ class ContextModel:
 
     def latency_us(self, spec: ModelSpec, pts: Points, op_sum_us: np.ndarray, host_ops: np.ndarray,
                    kv_cache: str = "concat", glue_ops: "np.ndarray | float" = 0.0,
-                   head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None) -> np.ndarray:
+                   head_us: "np.ndarray | float" = 0.0, gemm_us: "np.ndarray | float | None" = None,
+                   fresh_bytes: "np.ndarray | float" = 0.0) -> np.ndarray:
         """In-context latency (µs) of design points whose op sum is ``op_sum_us``, of which
-        ``head_us`` is the LM head and ``gemm_us`` the GEMMs, head included (see :meth:`at`)."""
-        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops, head_us, gemm_us)
+        ``head_us`` is the LM head and ``gemm_us`` the GEMMs, head included, and which allocate
+        ``fresh_bytes`` afresh over the mmap threshold (see :meth:`at`)."""
+        return self.at(spec, pts, kv_cache)(op_sum_us, host_ops, glue_ops, head_us, gemm_us, fresh_bytes)
 
     def has_own_rows(self, method: str) -> bool:
         """Whether ``method``'s own executor has whole-decoder rows (used on a CPU, see :meth:`at`)."""
@@ -257,7 +259,7 @@ class ContextModel:
     def at(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> "InContext":
         """What the in-context model adds at ``pts``, resolved once for every method a sweep
         evaluates there (or for ``method`` where it has its own rows, :meth:`has_own_rows`):
-        a function ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us) -> latency_us``.
+        a function ``(op_sum_us, host_ops, glue_ops, head_us, gemm_us, fresh_bytes) -> latency_us``.
 
         The LM head (``head_us`` of the op sum) is priced at its own row on both devices,
         never scaled: no whole-decoder row includes it, so nothing fitted to them describes it.
@@ -303,9 +305,7 @@ class ContextModel:
                        fresh_bytes: "np.ndarray | float" = 0.0) -> np.ndarray:
             head = np.asarray(head_us, dtype=np.float64)
             gemm = head if gemm_us is None else np.asarray(gemm_us, dtype=np.float64)
-            # f_other on the layers plus the GEMMs' difference: exactly the one-factor law when equal.
-            out = (f_other * (op_sum - head) + (f_gemm - f_other) * (gemm - head) + head
-                   + floor_us * np.asarray(glue_ops, dtype=np.float64))
+            out = _scaled(f_gemm, f_other, op_sum, gemm, head) + floor_us * np.asarray(glue_ops, dtype=np.float64)
             if fresh is not None:
                 out = out + fresh.cost_us(fresh_bytes)
             return out if fw is None else out + np.where(hf, fw.cost_us(host_ops), 0.0)
@@ -394,16 +394,15 @@ class ContextModel:
         if self._fresh is False:
             self._fresh = None
             excess, mib = [], []
+            one = lambda v: np.array([v])  # noqa: E731 - one design point
             for (ex, dims), cps in sorted(self.points.items()):
                 for p in (p for p in cps if p.fresh_bytes):
                     dense = ex in OP_FOR_KV_CACHE
-                    spec = _decoder_spec(dims, 1)
-                    one = lambda v: np.array([v])  # noqa: E731 - one design point
                     pts = Points.make(p.phase, one(p.batch), one(p.length if p.phase == "prefill" else 1),
                                       one(p.length), p.sparsity)
-                    f_gemm, f_other = self.factors(spec, pts, ex if dense else "preallocated", None if dense else ex)
-                    law = float(f_other[0] * (p.predicted_us - p.gemm_us) + f_gemm[0] * p.gemm_us)
-                    excess.append(p.target_us - law)
+                    factors = self.factors(_decoder_spec(dims, 1), pts, ex if dense else "preallocated",
+                                           None if dense else ex)
+                    excess.append(p.target_us - float(_scaled(*factors, p.predicted_us, p.gemm_us)[0]))
                     mib.append(p.fresh_bytes / 2**20)
             if mib:
                 x, y = np.asarray(mib), np.asarray(excess)
@@ -491,6 +490,13 @@ class ContextModel:
 
 #: Bounds of ρ, the other ops' factor over the GEMMs' (:meth:`ContextModel._split_fit`).
 OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
+
+
+def _scaled(f_gemm: np.ndarray, f_other: np.ndarray, op_sum: "np.ndarray | float", gemm: "np.ndarray | float",
+            head: "np.ndarray | float" = 0.0) -> np.ndarray:
+    """The factors applied to an op sum: ``f_gemm`` on its GEMMs, ``f_other`` on the rest, its LM
+    head (part of both sums) unscaled; exactly the one-factor law where the two are equal."""
+    return f_other * (op_sum - head) + (f_gemm - f_other) * (gemm - head) + head
 
 
 def _features(axes: np.ndarray, routed: bool) -> np.ndarray:
