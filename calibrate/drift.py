@@ -79,14 +79,13 @@ def probe_rows(profile: Profile, dtype: str, per_op: int = 2) -> list[tuple[str,
     out = []
     for op in PROBE_OPS:
         sel = rows[rows["op"] == op].sort_values("median_us", kind="stable")
-        shapes = [{c: int(getattr(r, c)) for c in OPS[op].columns} for r in sel.itertuples(index=False)]
-        sel = sel[[_output_bytes(op, sh, itemsize) < FRESH_ALLOC_THRESHOLD for sh in shapes]]
-        if sel.empty:
+        cands = [({c: int(getattr(r, c)) for c in OPS[op].columns}, float(r.median_us))
+                 for r in sel.itertuples(index=False)]
+        cands = [(shape, us) for shape, us in cands if _output_bytes(op, shape, itemsize) < FRESH_ALLOC_THRESHOLD]
+        if not cands:
             continue
-        picks = np.unique(np.linspace(0, len(sel) - 1, per_op).round().astype(int))
-        for r in sel.iloc[picks].itertuples(index=False):
-            shape = {c: int(getattr(r, c)) for c in OPS[op].columns}
-            out.append((op, shape, float(r.median_us)))
+        picks = np.unique(np.linspace(0, len(cands) - 1, per_op).round().astype(int))
+        out += [(op, *cands[i]) for i in picks]
     return out
 
 
