@@ -23,7 +23,7 @@ import argparse
 
 import torch
 
-from pis.calibrate.timing import Runner, TimingConfig, measure_runner
+from pis.calibrate.timing import Runner, TimingConfig, measure_step
 from pis.simulator.context import FRESH_ALLOC_THRESHOLD
 
 ROW = 128  # one token of one KV head (fp32 head_dim 128): calibration's kv_concat row width
@@ -36,8 +36,8 @@ def cat_ms(mib: float) -> tuple[float, float, float, float]:
     cache, new = torch.randn(rows, ROW), torch.randn(1, ROW)
     out = torch.empty(rows + 1, ROW)
     cpu = torch.device("cpu")
-    fresh = measure_runner(Runner(lambda: torch.cat([cache, new])), cpu, EFFORT)
-    kept = measure_runner(Runner(lambda: torch.cat([cache, new], out=out)), cpu, EFFORT)
+    fresh = measure_step(Runner(lambda: torch.cat([cache, new])), cpu, EFFORT)
+    kept = measure_step(Runner(lambda: torch.cat([cache, new], out=out)), cpu, EFFORT)
     return fresh[0], fresh[1], fresh[2], kept[0]
 
 
@@ -73,13 +73,13 @@ def prefill_per_token() -> None:
     """The validation model's Hugging Face prefill per token, its FFN activations either side
     of the threshold (a cliff would show as a step in µs per token)."""
     from pis.calibrate.validate import CPU_SMALL, EFFORT
-    from pis.calibrate.validate_models import build_model
+    from pis.executors.hf import build_model
 
     cpu = torch.device("cpu")
     model = build_model(CPU_SMALL, "dense", 0.0, cpu, torch.float32)
     for batch in (2, 3, 4):
         seq = 1024
-        ms = measure_runner(model.runner("prefill", batch, seq, 0), cpu, EFFORT["quick"])[0]
+        ms = measure_step(model.runner("prefill", batch, seq, 0), cpu, EFFORT["quick"])[0]
         act = batch * seq * CPU_SMALL.ffn * 4 / 2**20
         print(f"prefill B={batch} S={seq}: FFN activation {act:.0f} MiB per tensor, "
               f"{ms:.1f} ms, {ms * 1e3 / (batch * seq):.1f} µs per token")

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 
 from pis.calibrate import ops
-from pis.calibrate.grid import CONTEXT_OPS, context_points, model_pairs
+from pis.calibrate.grid import WHOLE_DECODER_OPS, decoder_points, model_pairs
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.context import OP_FOR_KV_CACHE, decoder_op_sum
 from pis.simulator.estimator import Estimator
-from pis.simulator.models import ModelSpec
+from pis.models import ModelSpec
 
 KV_FOR_OP = {op: kv for kv, op in OP_FOR_KV_CACHE.items()}
 
@@ -39,7 +39,7 @@ def main() -> None:
     rows = []
     for width, shrink in (("full", 1), ("half", 2)):
         d = dict(dims, heads=dims["heads"] // shrink, ffn=dims["ffn"] // shrink)
-        for p in context_points("quick", "cpu", d):
+        for p in decoder_points("quick", "cpu", d):
             s = p.shape_dict
             measured_us = ops.build(p.op, s, torch.float32, torch.device("cpu")).timed()[0] * 1e3
             spec = ModelSpec("w", hidden=s["hidden"], ffn=s["ffn"], layers=s["layers"], heads=s["heads"],
@@ -54,7 +54,7 @@ def main() -> None:
     table["half_over_full"] = table["half"] / table["full"]
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nhalf-width factor / full-width factor: mean {table['half_over_full'].mean():.3f}, "
-          f"max {table['half_over_full'].max():.3f} over {len(table)} points ({', '.join(CONTEXT_OPS)})")
+          f"max {table['half_over_full'].max():.3f} over {len(table)} points ({', '.join(WHOLE_DECODER_OPS)})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Does pis-validate's drift probe track how the machine's speed moves? Run the quick suite N times.
 
-Per round: the probe's reading (``pis.calibrate.drift.measure_drift``: a dozen of the profile's
+Per round: the probe's reading (``pis.validate.drift.measure_drift``: a dozen of the profile's
 points re-measured) next to how much the suite's own measurements moved since round 0 (median
 ratio over the configurations) and the suite's signed median error. If the probe tracks the
 machine, the first two columns move together.
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pis.calibrate.drift import measure_drift
+from pis.validate.drift import measure_drift
 from pis.calibrate.validate import EFFORT, run_configs, suite_configs
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile

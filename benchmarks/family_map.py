@@ -54,7 +54,7 @@ def main() -> None:
     rep = run_configs(cfgs, est, torch.device("cpu"), torch.float32, EFFORT["quick"])
     if args.out is not None:
         rep.to_csv(args.out, index=False)
-    cols = ["config", "measured_ms", "predicted_ms", "error_pct", "ops_error_pct", "context_factor", "status"]
+    cols = ["config", "measured_ms", "predicted_ms", "error_pct", "ops_error_pct", "in_model_factor", "status"]
     with pd.option_context("display.width", 200):
         print(rep[cols].round(2).to_string(index=False))
     fam = rep[(rep.method == args.method) & (rep.status == "ok")]

@@ -17,11 +17,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pis.calibrate.validate import CPU_SMALL
-from pis.calibrate.validate_models import build_model
+from pis.executors.hf import build_model
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import load_profile
 from pis.simulator.estimator import Estimator
-from pis.simulator.pruning import PruneOptions
+from pis.pruned import PruneOptions
 from pis.simulator.sweep import sweep
 
 STEPS = 5

@@ -24,10 +24,10 @@ import torch
 
 from pis.calibrate.grid import point, timing_config
 from pis.calibrate.runner import measure_point
-from pis.calibrate.timing import make_timer, measure_runner
+from pis.calibrate.timing import make_timer, measure_step
 from pis.calibrate.validate import CPU_SMALL, EFFORT
-from pis.calibrate.validate_models import build_model
-from pis.simulator.pruning import PruneOptions
+from pis.executors.hf import build_model
+from pis.pruned import PruneOptions
 
 SMALL_VOCAB = 64
 
@@ -52,7 +52,7 @@ def head_in_context(phase: str, batch: int, length: int, rounds: int, layers: in
                                            layers=layers)
                 runners[k] = build_model(spec, "dense", 0.0, dev, torch.float32, PruneOptions()).runner(
                     phase, batch, seq, ctx)
-            times[k].append(measure_runner(runners[k], dev, EFFORT["full"])[0])
+            times[k].append(measure_step(runners[k], dev, EFFORT["full"])[0])
     timer = make_timer(dev, timing_config("quick", "cpu", False))
 
     def gemm_ms(n: int) -> float:

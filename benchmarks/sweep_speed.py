@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from pis.profiles.shipped import resolve_profile  # noqa: E402
 from pis.profiles.store import load_profile  # noqa: E402
 from pis.simulator.estimator import Estimator  # noqa: E402
-from pis.simulator.models import load_model  # noqa: E402
+from pis.models import load_model  # noqa: E402
 from pis.simulator.pruning import FAMILIES  # noqa: E402
 from pis.simulator.sweep import sweep  # noqa: E402
 

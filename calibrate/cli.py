@@ -16,10 +16,9 @@ from pis.errors import handle_errors
 @click.option("--out", required=True, type=click.Path(dir_okay=True, path_type=Path), metavar="FILE.parquet",
               help="Profile to write. It is also the checkpoint: rerunning the same command resumes it.")
 @click.option("--grid", default="quick", show_default=True, metavar="tiny|quick|default|full",
-              help="Point set: tiny (tests, seconds), quick (2-core CPU: ~5 min per pass over the "
-                   "whole-decoder points, see --context-passes, plus 1-2 min; GPU ~3 min), default (recommended; "
-                   "2-core CPU ~24 min with three passes; GPU ~25 min), full (dense; hours). Point counts: "
-                   "pis.calibrate.grid.count_points.")
+              help="Point set: tiny (tests, seconds), quick (a first profile in minutes), default "
+                   "(recommended), full (denser; hours). Sizes, times and the fidelity of each: "
+                   "docs/calibration.md (python benchmarks/tools/grid_sizes.py prints the sizes).")
 @click.option("--dtype", default=None, metavar="bf16|fp16|fp32",
               help="Element type. Default: bf16 on CUDA, fp32 on CPU (bf16/fp16 on CPU are allowed "
                    "and measured as they run, usually far slower).")
@@ -38,12 +37,11 @@ from pis.errors import handle_errors
 @click.option("--only", default=None, metavar="OP[,OP]",
               help="Measure only these ops of the grid (e.g. host_glue, or gemm_2to4), into their "
                    "own file; add them to a profile with `pis-profile merge`.")
-@click.option("--context-passes", "context_passes", type=int, default=None, metavar="N",
+@click.option("--decoder-passes", "decoder_passes", type=int, default=None, metavar="N",
               help="Measure each whole-decoder point N times, spread over the run (first, in its "
                    "place, last), and keep the median pass: these rows set the absolute level of "
-                   "every in-context prediction, and a shared machine's slow minutes move them by "
-                   "10-40 %. Default: 3 on CPU grids (about 5 more minutes each on 2 cores), 1 on "
-                   "CUDA and on the tiny grid.")
+                   "every in-model prediction, and a shared machine's slow minutes move them. "
+                   "Default: 3 on the CPU's default and full grids, 1 elsewhere.")
 @click.option("--force", is_flag=True, help="Overwrite --out even if it holds another profile or another file.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
               help="Rewrite --out every N points (and at least every 20 s).")
@@ -52,7 +50,7 @@ from pis.errors import handle_errors
 @click.version_option(__version__, prog_name="pis-calibrate")
 @handle_errors
 def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None, time_budget: float | None,
-         threads: int | None, cuda_graphs: bool, only: str | None, context_passes: int | None, force: bool,
+         threads: int | None, cuda_graphs: bool, only: str | None, decoder_passes: int | None, force: bool,
          checkpoint_every: int, no_progress: bool, point_delay: float) -> None:
     """Measure the latency of every op a (pruned) decoder runs on this device and write a profile.
 
@@ -62,8 +60,8 @@ def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None
 
     \b
     Examples:
-      pis-calibrate --device cpu --out cpu.parquet                 # quick grid, ~19 min on 2 cores
-      pis-calibrate --device cpu --out cpu.parquet --context-passes 1   # ~7 min, less robust
+      pis-calibrate --device cpu --out cpu.parquet                 # quick grid
+      pis-calibrate --device cpu --grid default --out cpu.parquet  # the recommended profile
       pis-calibrate --device cuda:0 --grid default --out h100.parquet --model llama-3.1-8b
       pis-calibrate --device cuda:0 --out h100.parquet --time-budget 30   # resumable
 
@@ -75,7 +73,7 @@ def main(device: str, out: Path, grid: str, dtype: str | None, model: str | None
     result = calibrate(RunOptions(
         out=out, device=device, grid=grid, dtype=dtype, model=model, time_budget_min=time_budget,
         threads=threads, cuda_graphs=cuda_graphs, force=force, checkpoint_every=checkpoint_every,
-        progress=not no_progress, point_delay_s=point_delay, context_passes=context_passes,
+        progress=not no_progress, point_delay_s=point_delay, decoder_passes=decoder_passes,
         only=tuple(o.strip() for o in only.split(",") if o.strip()) if only is not None else None))
     if result.status == "complete":
         skipped = {k: v for k, v in result.counts.items() if k != "ok"}

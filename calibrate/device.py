@@ -59,6 +59,11 @@ _DATASHEET: tuple[tuple[tuple[str, ...], Peaks], ...] = (
 )
 
 
+def default_dtype(device_kind: str) -> str:
+    """bf16 on GPUs (what LLM inference runs), fp32 on CPUs (fast BLAS paths)."""
+    return "bf16" if device_kind == "cuda" else "fp32"
+
+
 def datasheet_peaks(device_name: str) -> Peaks | None:
     """Datasheet peaks for a GPU name as CUDA reports it, or None when unknown."""
     name = device_name.lower()

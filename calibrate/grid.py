@@ -15,27 +15,12 @@ inside), M from 1 to 4096 (= 8 x 512) and lm-head widths up to 160K.
 
 Points whose FLOPs or working set exceed the grid's caps are left out (CPU caps are much
 lower). ``--model`` adds the model's exact GEMM widths and those of its width-pruned variants
-(:func:`pis.simulator.pruning.calibration_shapes`) crossed with the grid's M values.
+(:func:`pis.pruned.calibration_shapes`) crossed with the grid's M values.
 
-Point counts (no ``--model``) and run times:
-
-=========  =====  ======  ==============================================================
-grid       CPU    CUDA    time
-=========  =====  ======  ==============================================================
-tiny       50     51      seconds (tests)
-quick      1082   2231    CPU 169 s on the 2-core CI machine before the 60 routed decoders
-                          (6.5-9.7 min, 2767 points, with them, the framework rows and the CPU
-                          validation model as --model, one pass; 19.4 min, 2786 points, with
-                          three passes and the narrow-FFN rows; 2856 points since the CPU
-                          attention's query/KV-head ratio 2); H100 323 s with --model llama-3.1-8b
-default    3259   11063   CPU 21 min 50 s on the 2-core CI machine with three passes over the
-                          whole-decoder points, before ratio-2 attention (2843 points; all 1560
-                          attention points alone 146 s); GPU ~25 min (estimated)
-full       8669   26308   estimated: CPU ~48 min, GPU ~2 h
-=========  =====  ======  ==============================================================
-
-Counts include the whole-decoder points (:func:`context_points`): 4 on tiny, 133 on CPU (38
-dense, 19 at a narrow FFN, 60 routed, 16 framework), 32 on CUDA. ``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
+Point counts come from the code: ``python benchmarks/tools/grid_sizes.py`` prints them per
+grid and device kind, with the measured duration of any profile it is given
+(``docs/calibration.md``). The whole-decoder points are in :mod:`pis.calibrate.decoder_points`;
+``--model`` also adds attention at the model's own head pairs (:func:`model_attention_points`).
 
 Points come ordered by importance, so a run stopped early (``--time-budget``) already holds
 what decode needs: the launch overhead, small-M GEMMs, the required memory-bound ops and decode
@@ -53,9 +38,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from pis.calibrate.decoder_points import decoder_points, decoder_shapes
+from pis.calibrate.point import Point, point
 from pis.errors import PisError
-from pis.profiles.schema import (DECODER_OPS, DTYPE_BYTES, FRAMEWORK_OP, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS,
-                                 WHOLE_DECODER_OPS, op_bytes, op_flops)
+from pis.models import ModelSpec, load_model
+from pis.profiles.schema import (DTYPE_BYTES, MEMORY_OPS, OPS, REQUIRED_OPS, WHOLE_DECODER_OPS, op_bytes,
+                                 op_flops)
+from pis.pruned import calibration_shapes, pruned_heads
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pis.calibrate.timing import TimingConfig
@@ -67,28 +56,6 @@ MODEL_SPARSITIES: tuple[float, ...] = tuple(np.round(np.arange(10) / 10, 1))
 #: (q_len = (1-s)·S over S keys: a shape no dense grid holds, else priced by roofline).
 ROUTED_KEEP_SPARSITIES: tuple[float, ...] = (0.25, 0.5, 0.75)
 MODEL_ALIGN = 64
-MEMORY_OPS: tuple[str, ...] = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add", "kv_concat")
-
-
-@dataclass(frozen=True)
-class Point:
-    """One shape of one op to measure."""
-
-    op: str
-    shape: tuple[tuple[str, int], ...]
-
-    @property
-    def shape_dict(self) -> dict[str, int]:
-        """The shape as a column -> value dict."""
-        return dict(self.shape)
-
-
-def point(op: str, **shape: int) -> Point:
-    """A point with its shape columns in the schema's order (the columns ``op`` uses only)."""
-    cols = OPS[op].columns
-    if set(shape) != set(cols):
-        raise ValueError(f"{op} needs columns {cols}, got {sorted(shape)}")
-    return Point(op, tuple((c, int(shape[c])) for c in cols))
 
 
 @dataclass(frozen=True)
@@ -228,120 +195,22 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
 }
 
 
-#: Model dimensions of the ``dense_decoder`` points when no ``--model`` is given.
-CONTEXT_MODELS: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden=256, ffn=704, heads=4, kv_heads=2, head_dim=64, layers=2),
-    "cpu": dict(hidden=1024, ffn=2816, heads=16, kv_heads=4, head_dim=64, layers=4),
-    "cuda": dict(hidden=4096, ffn=14336, heads=32, kv_heads=8, head_dim=128, layers=2),
-}
-#: (batch, seq) of the prefill and (batch, context) of the decode ``dense_decoder`` points.
-#: Tokens, batch and context sit on the per-op grids' own axes (powers of two), so the op sum
-#: each factor divides by is made of exact hits, not of the op interpolation's own error;
-#: the (batch, seq) splits and most contexts differ from the validation suites' points.
-CONTEXT_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {
-    ("tiny", "cpu"): (((1, 64),), ((1, 64),)),
-    ("tiny", "cuda"): (((1, 512),), ((8, 1024),)),
-    ("cpu", "cpu"): (((1, 64), (2, 128), (2, 256), (4, 512)),
-                     tuple(itertools.product((1, 2, 4, 8, 16), (256, 1024, 4096)))),
-    ("cuda", "cuda"): (((1, 512), (4, 1024), (4, 4096), (16, 4096)),
-                       tuple(itertools.product((1, 8, 32, 64), (512, 2048, 8192)))),
-}
-
-
-#: Whole-decoder ops: Hugging Face with a DynamicCache, the lean reference decoder, and the
-#: reference decoder of each routed family.
-CONTEXT_OPS: tuple[str, ...] = WHOLE_DECODER_OPS
-#: Sparsities of the routed decoders' rows: two, so that a simulation between them interpolates
-#: (the validation suites run 0.5, which no row measures).
-ROUTED_CONTEXT_SPARSITIES: tuple[float, ...] = (0.25, 0.75)
-#: Batch and context axes of the routed decoders' decode rows (a corner subset of the dense
-#: rows' grid: twelve rows per family instead of thirty).
-ROUTED_DECODE_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "cpu": ((1, 4, 16), (256, 4096)),
-}
-
-
-#: CPU grids (not tiny) also time the Hugging Face decoder (``dense_decoder``) at the same
-#: points with its FFN this many times narrower (aligned to 64), so the in-context model can
-#: tell the GEMMs' excess from the other ops' (their shares differ between the two widths; at one
-#: width the GEMM and non-GEMM op sums rise together and no fit can separate them).
-NARROW_FFN_DIVISOR = 4
-
-
-def narrow_dims(dims: dict[str, int]) -> dict[str, int]:
-    """``dims`` with the FFN :data:`NARROW_FFN_DIVISOR` times narrower, a multiple of 64."""
-    return dict(dims, ffn=max(64, 64 * round(dims["ffn"] / NARROW_FFN_DIVISOR / 64)))
-
-
-#: The decoder_framework rows (CPU grids, not tiny): Hugging Face's decoder at a width where its
-#: ops' work is negligible, at four depths and two small points per phase, so that the framework's
-#: cost per step splits into a constant and a cost per framework op (simulator/context.py).
-FRAMEWORK_DIMS: dict[str, int] = dict(hidden=64, ffn=128, heads=2, kv_heads=1, head_dim=32)
-#: 1 to 8 layers: on the 2-core VM, depths 2 and 4 alone split step from per-op cost with
-#: 3.9-6.6 µs per op over three back-to-back measurements, 1 to 8 with 5.0-6.1.
-FRAMEWORK_LAYERS: tuple[int, ...] = (1, 2, 4, 8)
-FRAMEWORK_SHAPES: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = (
-    ((1, 32), (1, 64)), ((1, 256), (1, 1024)))
-
-
-def _context_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
-    """(prefill, decode) shapes of the whole-decoder points of grid ``name`` on ``device_kind``."""
-    kind = "cuda" if device_kind == "cuda" else "cpu"
-    return CONTEXT_SHAPES[("tiny" if name == "tiny" else kind, kind)]
-
-
-def _decoder_points(op: str, prefill: Iterable[tuple[int, int]], decode: Iterable[tuple[int, int]],
-                    **dims: int) -> list[Point]:
-    """Whole-decoder points of ``op``: prefill at each (batch, seq), then decode at each (batch, context)."""
-    return ([point(op, batch=b, q_len=q, kv_len=q, causal=1, **dims) for b, q in prefill]
-            + [point(op, batch=b, q_len=1, kv_len=c, causal=0, **dims) for b, c in decode])
-
-
-def context_points(name: str, device_kind: str, dims: dict[str, int] | None = None) -> list[Point]:
-    """The whole-decoder points of grid ``name`` (:data:`CONTEXT_OPS`): the model's (or a default) shape."""
-    kind = "cuda" if device_kind == "cuda" else "cpu"
-    tiny = name == "tiny"
-    base = dict(CONTEXT_MODELS["tiny" if tiny and dims is None else kind])
-    if dims is not None:
-        base.update({k: int(dims[k]) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim")})
-        # Enough layers that per-layer effects dominate, few enough to stay cheap.
-        base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
-    prefill, decode = _context_shapes(name, device_kind)
-    pts = [pt for op in DECODER_OPS for pt in _decoder_points(op, prefill, decode, **base)]
-    # Routed decoders: CPU grids only so far (their GPU in-context model, the host fit, is
-    # fitted to dense rows; see simulator/context.py), and not the seconds-long tiny grid.
-    if kind in ROUTED_DECODE_AXES and not tiny:
-        routed_decode = tuple(itertools.product(*ROUTED_DECODE_AXES[kind]))
-        for op in ROUTED_DECODER_OPS.values():
-            for pct in (round(100 * s) for s in ROUTED_CONTEXT_SPARSITIES):
-                pts += _decoder_points(op, prefill, routed_decode, sparsity_pct=pct, **base)
-        # The narrow Hugging Face decoder: CPU only too (the GPU host fit has one device factor).
-        pts += _decoder_points(DECODER_OPS[0], prefill, decode, **narrow_dims(base))
-        # Hugging Face's framework cost: CPU only too (the GPU host model prices framework ops).
-        for layers in FRAMEWORK_LAYERS:
-            pts += _decoder_points(FRAMEWORK_OP, *FRAMEWORK_SHAPES, **dict(FRAMEWORK_DIMS, layers=layers))
-    return pts
-
-
 def model_attention_points(name: str, device_kind: str, dims: dict[str, int]) -> list[Point]:
     """Attention at the model's own head_dim and (query heads, KV heads) pairs: dense, every
     static-width head count (K/V heads stay), and dynamic width's per-group attention.
 
     The grid's generic head pairs rarely include the model's GQA ratio, and interpolating
     attention across GQA ratios missed decode by 14-55 % on the CPU validation model. Batch and
-    lengths are the grid's axes plus those of the whole-decoder points (:func:`context_points`),
+    lengths are the grid's axes plus those of the whole-decoder points (:func:`decoder_points`),
     so the op sums the in-context factor divides by hold measured attention too.
     """
-    from pis.simulator.models import ModelSpec
-    from pis.simulator.pruning import pruned_heads
-
     spec = grid_spec(name, device_kind)
     m = ModelSpec("grid-model", hidden=int(dims["hidden"]), ffn=int(dims["ffn"]), layers=int(dims["layers"]),
                   heads=int(dims["heads"]), kv_heads=int(dims["kv_heads"]), head_dim=int(dims["head_dim"]),
                   vocab=1)
     g = m.kv_heads
     pairs = sorted({(int(h), g) for h in pruned_heads(m, np.asarray(MODEL_SPARSITIES))} | {(m.heads, g), (m.heads // g, 1)})
-    prefill, decode = _context_shapes(name, device_kind)
+    prefill, decode = decoder_shapes(name, device_kind)
     pre_b = sorted(set(spec.prefill_batch) | {b for b, _ in prefill})
     pre_s = sorted(set(spec.prefill_seq) | {q for _, q in prefill})
     dec_b = sorted(set(spec.decode_batch) | {b for b, _ in decode})
@@ -412,7 +281,7 @@ def _tier(p: Point) -> int:
     s = p.shape_dict
     if not p.shape:  # overhead, host_glue: one cheap scalar each
         return 0
-    if p.op in CONTEXT_OPS:
+    if p.op in WHOLE_DECODER_OPS:
         # Few (tens) but they set every prediction's in-context factor: a run cut short by
         # --time-budget should keep them rather than the largest GEMMs of tier 4.
         return 3
@@ -456,14 +325,14 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
     seen: set[Point] = set()
     kept: list[Point] = []
     extra = model_attention_points(name, device_kind, model_dims) if model_dims else []
-    for p in _points(spec, device_kind, model_pairs) + extra + context_points(name, device_kind, model_dims):
+    for p in _points(spec, device_kind, model_pairs) + extra + decoder_points(name, device_kind, model_dims):
         if p in seen:
             continue
         seen.add(p)
         if only is not None and p.op not in only:
             continue
         s = p.shape_dict
-        if p.shape and p.op not in CONTEXT_OPS:
+        if p.shape and p.op not in WHOLE_DECODER_OPS:
             if float(op_flops(p.op, s)) > spec.max_flops or live_bytes(p.op, s, dtype) > spec.max_bytes:
                 continue
         kept.append(p)
@@ -486,29 +355,29 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
 #: single pass caught the machine in different states: the dense decoder at batch 1, context
 #: 1024 read 11.1-15.8 ms across six calibrations of one day, 10.8-11.1 ms back to back on a
 #: quiet VM. The median of passes spread over the run is less at the mercy of one slow window.
-CONTEXT_PASSES: dict[str, int] = {"cpu": 3, "cuda": 1}
+DECODER_PASSES: dict[str, int] = {"cpu": 3, "cuda": 1}
 
 
-def context_passes(name: str, device_kind: str) -> int:
-    """The default number of passes over the whole-decoder points (:data:`CONTEXT_PASSES`)."""
-    return 1 if name == "tiny" else CONTEXT_PASSES["cuda" if device_kind == "cuda" else "cpu"]
+def decoder_passes(name: str, device_kind: str) -> int:
+    """The default number of passes over the whole-decoder points (:data:`DECODER_PASSES`)."""
+    return 1 if name == "tiny" else DECODER_PASSES["cuda" if device_kind == "cuda" else "cpu"]
 
 
 def schedule(points: Sequence[Point], passes: int) -> list[tuple[Point, int]]:
     """The run's measurements in order: ``(point, pass)``, every point once and each
-    whole-decoder point (:data:`CONTEXT_OPS`) ``passes`` times, spread over the run.
+    whole-decoder point (:data:`WHOLE_DECODER_OPS`) ``passes`` times, spread over the run.
 
     Pass 0 follows the tier-0 scalars (so it comes first), pass 1 sits at the points' own
     place in the grid order, and passes 2 and on come last. With one pass the order is the
     grid's.
     """
-    ctx = [p for p in points if p.op in CONTEXT_OPS]
+    ctx = [p for p in points if p.op in WHOLE_DECODER_OPS]
     if passes <= 1 or not ctx:
         return [(p, 0) for p in points]
-    first = [p for p in points if _tier(p) == 0 and p.op not in CONTEXT_OPS]
-    rest = [p for p in points if _tier(p) != 0 or p.op in CONTEXT_OPS]
+    first = [p for p in points if _tier(p) == 0 and p.op not in WHOLE_DECODER_OPS]
+    rest = [p for p in points if _tier(p) != 0 or p.op in WHOLE_DECODER_OPS]
     out = [(p, 0) for p in first] + [(p, 0) for p in ctx]
-    out += [(p, 1 if p.op in CONTEXT_OPS else 0) for p in rest]
+    out += [(p, 1 if p.op in WHOLE_DECODER_OPS else 0) for p in rest]
     for k in range(2, passes):
         out += [(p, k) for p in ctx]
     return out
@@ -516,9 +385,6 @@ def schedule(points: Sequence[Point], passes: int) -> list[tuple[Point, int]]:
 
 def model_pairs(model: str) -> tuple[str, list[tuple[int, int]], dict[str, Any]]:
     """(name, (n, k) GEMM weight shapes, dimensions) of ``model`` and its width-pruned variants."""
-    from pis.simulator.models import load_model
-    from pis.simulator.pruning import calibration_shapes
-
     spec = load_model(model)
     pairs = [(int(n), int(k)) for n, k in calibration_shapes(spec, MODEL_SPARSITIES, MODEL_ALIGN)]
     dims = {f: getattr(spec, f) for f in ("hidden", "ffn", "layers", "heads", "kv_heads", "head_dim", "vocab")}

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from pis.calibrate.device import cuda_capability
-from pis.calibrate.timing import TimingConfig
-from pis.profiles.schema import OPS, ROUTED_DECODER_OPS
-
-if TYPE_CHECKING:  # annotations only: builders import the simulator when they run
-    from pis.simulator.models import ModelSpec
+from pis.errors import Unsupported
+from pis.executors.base import mask_2to4
+from pis.profiles.schema import OPS
 
 #: Hidden width assumed for the row-wise memory ops (rmsnorm, gather, scatter_add).
 ROW_WIDTH = 4096
@@ -56,10 +54,6 @@ OVERHEAD_INNER = 200
 #: (torch.tensor from a list is two: the tensor and its copy to the device).
 GLUE_ROUNDS = 25
 GLUE_OPS_PER_ROUND = 9
-
-
-class Unsupported(Exception):
-    """The op cannot run on this device / dtype (recorded as ``skipped_unsupported``)."""
 
 
 @dataclass
@@ -187,16 +181,6 @@ def build_gemm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
         return Bench(lambda: F.linear(x, nxt()), "cpu-linear-cold")
     w = _weight(s["n"], s["k"], dtype, device)
     return Bench(lambda: F.linear(x, w), _linear_backend(device))
-
-
-def mask_2to4(w: torch.Tensor) -> torch.Tensor:
-    """Magnitude 2:4 pruning of ``w`` (n x k)."""
-    # Keep the 2 largest of every 4 consecutive weights along K (magnitude 2:4 pruning).
-    n, k = w.shape
-    groups = w.reshape(n, k // 4, 4)
-    keep = groups.abs().topk(2, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
-    return (groups * mask).reshape(n, k)
 
 
 def build_gemm_2to4(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -388,91 +372,6 @@ def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     return Bench(fn, _prefix(device) + "eager-add", inner=OVERHEAD_INNER, wall=True)
 
 
-#: Whole-decoder benches: about a second of repeats each (they are few, and their medians
-#: feed every simulation through the in-context factor).
-DECODER_TIMING = TimingConfig(warmup=2, min_repeats=7, max_repeats=25, target_s=1.0, flush_cache=True)
-
-
-def _untimed_call(runner) -> Callable[[], object]:
-    # ``fn`` of a whole-decoder bench: setup and step (its timing goes through ``timed``).
-    def fn() -> object:
-        if runner.setup is not None:
-            runner.setup()
-        return runner.step()
-    return fn
-
-
-def _decoder_spec(s: Shape) -> "ModelSpec":
-    from pis.simulator.models import ModelSpec
-
-    return ModelSpec("context-check", hidden=int(s["hidden"]), ffn=int(s["ffn"]), layers=int(s["layers"]),
-                     heads=int(s["heads"]), kv_heads=int(s["kv_heads"]), head_dim=int(s["head_dim"]),
-                     vocab=1024)
-
-
-def build_dense_decoder(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    """A dense Hugging Face Llama decoder of the shape's dimensions, timed end to end.
-
-    Prefill: one forward of ``batch x q_len`` tokens; decode: one step against a fresh
-    ``DynamicCache`` of ``kv_len`` (built untimed before every repeat), exactly as
-    ``pis-validate`` times its models. The base model runs (no LM head: the head is one GEMM
-    the profile measures already).
-    """
-    try:
-        import transformers  # noqa: F401 - the `validate` extra
-    except ImportError:
-        raise Unsupported("dense_decoder needs transformers (pip install 'pruninginfersim[validate]')") from None
-    from pis.calibrate.timing import Runner, measure_runner
-    from pis.calibrate.validate_models import build_hf, token_ids
-    from pis.simulator.pruning import PruneOptions
-
-    spec = _decoder_spec(s)
-    hf = build_hf(spec, "dense", 0.0, device, dtype, PruneOptions())
-    base, b = hf.model.model, int(s["batch"])
-    if int(s["causal"]):
-        ids = token_ids(spec.vocab, b, int(s["q_len"]), device)
-        runner = Runner(lambda: base(input_ids=ids, use_cache=True))
-    else:
-        from transformers import DynamicCache
-
-        ids = token_ids(spec.vocab, b, 1, device)
-        cache_kv = hf.kv_tensors(b, int(s["kv_len"]))
-        state: dict = {}
-
-        def setup() -> None:
-            state["cache"] = DynamicCache(cache_kv, config=hf.config)
-
-        runner = Runner(lambda: base(input_ids=ids, use_cache=True, **{hf.cache_kw: state["cache"]}), setup)
-    return Bench(_untimed_call(runner), "hf-transformers", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
-
-
-def _reference_decoder_bench(s: Shape, method: str, sparsity: float, dtype: torch.dtype,
-                             device: torch.device) -> Bench:
-    """``method``'s decoder of the shape on pis's reference decoder (no LM head), decode writing
-    a preallocated cache in place, timed as ``pis-validate`` times the reference decoder
-    (its own runner: fresh cache copies before every repeat)."""
-    from pis.calibrate.timing import measure_runner
-    from pis.calibrate.validate_models import build_reference
-    from pis.simulator.pruning import PruneOptions
-
-    ref = build_reference(_decoder_spec(s), method, sparsity, device, dtype, PruneOptions(kv_cache="preallocated"))
-    phase = "prefill" if int(s["causal"]) else "decode"
-    runner = ref.runner(phase, int(s["batch"]), int(s["q_len"]), int(s["kv_len"]), logits=False)
-    return Bench(_untimed_call(runner), "pis-reference", timed=lambda: measure_runner(runner, device, DECODER_TIMING))
-
-
-def build_dense_decoder_prealloc(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    """The dense decoder of the shape on pis's reference decoder, decode into a preallocated cache:
-    a lean executor, no Hugging Face glue, the new token's K/V written in place."""
-    return _reference_decoder_bench(s, "dense", 0.0, dtype, device)
-
-
-def build_routed_decoder(family: str) -> Builder:
-    """The builder of ``family``'s whole decoder on pis's reference decoder at the shape's
-    ``sparsity_pct``."""
-    return lambda s, dtype, device: _reference_decoder_bench(s, family, int(s["sparsity_pct"]) / 100.0, dtype, device)
-
-
 def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     x = _rand(4, 8, 16, dtype=dtype, device=device)
     rows = [0, 2, 3]
@@ -491,7 +390,9 @@ def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
     return Bench(fn, _prefix(device) + "glue", inner=GLUE_ROUNDS * GLUE_OPS_PER_ROUND, wall=True)
 
 
-BUILDERS: dict[str, Builder] = {
+#: Builders of the ops a simulation executes; the whole-decoder ops' builders are in
+#: :mod:`pis.calibrate.decoder_benches`, and :func:`pis.calibrate.benches.build` finds either.
+OP_BUILDERS: dict[str, Builder] = {
     "gemm": build_gemm,
     "gemm_2to4": build_gemm_2to4,
     "attn_prefill": build_attention,
@@ -504,17 +405,6 @@ BUILDERS: dict[str, Builder] = {
     "scatter_add": build_scatter_add,
     "topk": build_topk,
     "kv_concat": build_kv_concat,
-    "dense_decoder": build_dense_decoder,
-    "dense_decoder_prealloc": build_dense_decoder_prealloc,
-    # the same Hugging Face decoder; its rows' shapes are the negligible width (grid.FRAMEWORK_DIMS)
-    "decoder_framework": build_dense_decoder,
-    **{op: build_routed_decoder(family) for family, op in ROUTED_DECODER_OPS.items()},
     "overhead": build_overhead,
     "host_glue": build_host_glue,
 }
-assert set(BUILDERS) == set(OPS), "every schema op needs a builder"
-
-
-def build(op: str, shape: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    """The benchmark of ``op`` at ``shape`` (raises :class:`Unsupported` when it cannot run)."""
-    return BUILDERS[op](shape, dtype, device)

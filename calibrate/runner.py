@@ -22,14 +22,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pis.calibrate import ops
-from pis.calibrate.device import TORCH_DTYPES, device_meta, resolve_device
-from pis.calibrate.grid import (CONTEXT_OPS, GRID_NAMES, MODEL_ALIGN, MODEL_SPARSITIES, Grid, Point,
-                                build_grid, context_passes, model_pairs, schedule, timing_config)
+from pis.calibrate import benches, ops
+from pis.calibrate.device import TORCH_DTYPES, default_dtype, device_meta, resolve_device
+from pis.calibrate.grid import (GRID_NAMES, MODEL_ALIGN, MODEL_SPARSITIES, Grid, build_grid, decoder_passes,
+                                model_pairs, schedule, timing_config)
+from pis.calibrate.point import Point
 from pis.calibrate.timing import Timer, make_timer
-from pis.errors import PisError, ProfileError
+from pis.errors import PisError, ProfileError, Unsupported
 from pis.profiles.schema import (DTYPE_BYTES, OPS, SCHEMA_VERSION, STATUS_OK, STATUS_SKIPPED_OOM,
-                                 STATUS_SKIPPED_UNSUPPORTED, op_bytes, op_flops)
+                                 STATUS_SKIPPED_UNSUPPORTED, WHOLE_DECODER_OPS, op_bytes,
+                                 op_flops)
 from pis.profiles.store import (KEY_COLUMNS, Profile, empty_rows, keys_of, normalize_rows, read_profile,
                                row_key, suspicious_rows, write_profile)
 
@@ -55,8 +57,8 @@ class RunOptions:
     progress: bool = True
     #: measure only these ops of the grid (None: all)
     only: tuple[str, ...] | None = None
-    #: passes over the whole-decoder points (None: the grid's default, :func:`context_passes`)
-    context_passes: int | None = None
+    #: passes over the whole-decoder points (None: the grid's default, :func:`decoder_passes`)
+    decoder_passes: int | None = None
     #: testing aid: sleep after every point (lets a test kill the run mid-way)
     point_delay_s: float = 0.0
 
@@ -74,11 +76,6 @@ class RunResult:
     total: int
     path: Path
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def default_dtype(device_kind: str) -> str:
-    """bf16 on GPUs (what LLM inference runs), fp32 on CPUs (fast BLAS paths)."""
-    return "bf16" if device_kind == "cuda" else "fp32"
 
 
 def _check_out(out: Path, force: bool) -> Profile | None:
@@ -140,7 +137,7 @@ def measure_point(p: Point, dtype: str, device: torch.device, timer: Timer,
     row = _point_row(p, dtype)
     failed = False
     try:
-        bench = ops.build(p.op, p.shape_dict, TORCH_DTYPES[dtype], device)
+        bench = benches.build(p.op, p.shape_dict, TORCH_DTYPES[dtype], device)
         if bench.timed is not None:
             med, p10, p90, n = bench.timed()  # ms
             row.update(median_us=med * 1e3, p10_us=p10 * 1e3, p90_us=p90 * 1e3, repeats=n,
@@ -149,7 +146,7 @@ def measure_point(p: Point, dtype: str, device: torch.device, timer: Timer,
             t = timer.measure(bench.fn, inner=bench.inner, wall=bench.wall, graphs=bench.graphs)
             row.update(median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us, repeats=t.repeats,
                        status=STATUS_OK, backend=bench.backend + ("+graph" if t.graph else ""))
-    except ops.Unsupported as err:
+    except Unsupported as err:
         row.update(status=STATUS_SKIPPED_UNSUPPORTED, backend=str(err)[:120])
     except (RuntimeError, NotImplementedError, MemoryError) as err:
         failed = True
@@ -220,7 +217,7 @@ def _key(p: Point, dtype: str) -> tuple:
 
 
 #: Metadata key of the passes over whole-decoder points: point key (JSON) -> timing per pass.
-PASSES_META = "context_passes"
+PASSES_META = "decoder_passes"
 _PASS_FIELDS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats", "status", "backend")
 
 
@@ -287,10 +284,10 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
                            f"use another --out, or --force to start it over")
         meta["created"] = existing.meta.get("created", meta["created"])
         meta["duration_s"] = float(existing.meta.get("duration_s") or 0.0)
-    passes = opts.context_passes if opts.context_passes is not None else context_passes(grid.name, device.type)
+    passes = opts.decoder_passes if opts.decoder_passes is not None else decoder_passes(grid.name, device.type)
     if passes < 1:
-        raise PisError(f"--context-passes must be at least 1, got {passes}")
-    meta["grid_params"]["context_passes"] = passes
+        raise PisError(f"--decoder-passes must be at least 1, got {passes}")
+    meta["grid_params"]["decoder_passes"] = passes
     #: timings of each pass over the whole-decoder points (kept in the file, so a resumed run
     #: neither repeats nor loses a pass)
     recorded: dict[str, list[dict[str, Any]]] = dict((existing.meta.get(PASSES_META) or {}) if existing else {})
@@ -298,7 +295,7 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
     if passes > 1:
         meta[PASSES_META] = recorded
         # A row measured before passes were recorded (an older file) is its first pass.
-        for r in rows[rows["op"].isin(CONTEXT_OPS)].to_dict("records"):
+        for r in rows[rows["op"].isin(WHOLE_DECODER_OPS)].to_dict("records"):
             recorded.setdefault(_pass_key(row_key(r)), [{f: _plain(r.get(f)) for f in _PASS_FIELDS}])
 
     def measured_passes(p: Point) -> int:
@@ -339,7 +336,7 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
             bar.set_postfix_str(p.op if not k else f"{p.op} (pass {k + 1})", refresh=False)
             row = measure_point(p, dtype, device, timer, warn=bar.write)
             measured += 1
-            if passes > 1 and p.op in CONTEXT_OPS:
+            if passes > 1 and p.op in WHOLE_DECODER_OPS:
                 mine = recorded.setdefault(_pass_key(_key(p, dtype)), [])
                 mine.append({f: _plain(row.get(f)) for f in _PASS_FIELDS})
                 row = median_pass(row, mine)

@@ -33,6 +33,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pis.allocator import FRESH_ALLOC_THRESHOLD
+from pis.executors.base import Step
+
 Fn = Callable[[], object]
 
 
@@ -69,12 +72,12 @@ class TimingConfig:
     retries: int = 2
     #: CUDA only: time CUDA-graph replays (falls back to eager when capture fails)
     cuda_graphs: bool = False
-    #: CPU whole-model timings (:func:`measure_runner`): evict the last-level cache before
+    #: CPU whole-model timings (:func:`measure_step`): evict the last-level cache before
     #: every repeat (:class:`CpuCacheFlush`)
     flush_cache: bool = False
 
 
-def summarize(samples_s: "np.ndarray | list[float]", graph: bool = False) -> Timing:
+def summarize_samples(samples_s: "np.ndarray | list[float]", graph: bool = False) -> Timing:
     """Median and 10th/90th percentiles of per-repeat seconds, as a :class:`Timing` in µs."""
     us = np.asarray(samples_s, dtype=np.float64) * 1e6
     p10, med, p90 = np.percentile(us, [10, 50, 90])
@@ -109,14 +112,14 @@ class Timer:
                 self._wall_sample(run, inner)
             est = self._wall_sample(run, inner) * inner
             n = self._repeats(est)
-            return summarize([self._wall_sample(run, inner) for _ in range(n)])
+            return summarize_samples([self._wall_sample(run, inner) for _ in range(n)])
         run = self._prepare(fn, graphs=cfg.cuda_graphs and graphs)
         graph = run is not fn
         for _ in range(cfg.warmup):
             run()
         n = self._repeats(self._estimate(run))
-        return fastest_of_retries(summarize(self._samples(run, n), graph),
-                                  lambda: summarize(self._samples(run, 2 * n), graph),
+        return fastest_of_retries(summarize_samples(self._samples(run, n), graph),
+                                  lambda: summarize_samples(self._samples(run, 2 * n), graph),
                                   cfg.max_spread, cfg.retries)
 
     def _repeats(self, seconds_per_call: float) -> int:
@@ -265,8 +268,6 @@ def warm_allocator() -> None:
     4-7x slower than the shipped profile, and ``pis-validate``'s first drift probe read the 16 MiB
     RMSNorm and SiLU rows 4.2 and 4.5x slow while its later rounds read them at the profile's speed.
     """
-    from pis.simulator.context import FRESH_ALLOC_THRESHOLD
-
     torch.empty(FRESH_ALLOC_THRESHOLD - 2**20, dtype=torch.uint8)  # mapped, then freed at once
 
 
@@ -318,14 +319,6 @@ class CpuCacheFlush:
 
 # --- whole-model timing (pis-validate and the whole-decoder profile rows) --------------------
 
-@dataclass
-class Runner:
-    """What to time: ``step()``; ``setup()`` runs untimed before every call of it."""
-
-    step: Callable[[], object]
-    setup: Callable[[], None] | None = None
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -337,27 +330,27 @@ def _cpu_flush() -> CpuCacheFlush:
     return CpuCacheFlush()
 
 
-def _one(runner: Runner, device: torch.device, flush: Callable[[], None] | None = None) -> float:
+def _one(step: Step, device: torch.device, flush: Callable[[], None] | None = None) -> float:
     """Seconds of one timed call (``setup`` and ``flush`` untimed, in that order)."""
-    if runner.setup is not None:
-        runner.setup()
+    if step.setup is not None:
+        step.setup()
     if flush is not None:
         flush()
     _sync(device)
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        runner.step()
+        step.run()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) * 1e-3
     t0 = time.perf_counter()
-    runner.step()
+    step.run()
     return time.perf_counter() - t0
 
 
-def measure_runner(runner: Runner, device: torch.device, effort: TimingConfig) -> tuple[float, float, float, int]:
-    """Median, p10 and p90 in ms and the repeat count of ``runner.step`` on ``device``.
+def measure_step(step: Step, device: torch.device, effort: TimingConfig) -> tuple[float, float, float, int]:
+    """Median, p10 and p90 in ms and the repeat count of ``step.run`` on ``device``.
 
     Each repeat calls ``setup`` first (untimed); on CUDA, events bracket the step and the
     device is synchronized before it, so nothing queued earlier leaks into the timing. On the
@@ -368,11 +361,11 @@ def measure_runner(runner: Runner, device: torch.device, effort: TimingConfig) -
     flush = _cpu_flush() if device.type == "cpu" and effort.flush_cache else None
     with torch.inference_mode():
         for _ in range(max(effort.warmup, 1)):
-            est = _one(runner, device, flush)
+            est = _one(step, device, flush)
         n = int(min(max(math.ceil(effort.target_s / max(est, 1e-6)), effort.min_repeats), effort.max_repeats))
 
         def sample() -> Timing:
-            return summarize([_one(runner, device, flush) for _ in range(n)])
+            return summarize_samples([_one(step, device, flush) for _ in range(n)])
 
         t = fastest_of_retries(sample(), sample, effort.max_spread, effort.retries)
     return t.median_us / 1e3, t.p10_us / 1e3, t.p90_us / 1e3, t.repeats

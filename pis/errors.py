@@ -28,6 +28,14 @@ class MissingOpError(PisError):
     """A simulation needs an op the profile does not contain."""
 
 
+class Unsupported(Exception):
+    """An op or a model cannot run on this device or dtype (2:4 on a CPU, say).
+
+    Not a user error: calibration records the point as ``skipped_unsupported`` and validation
+    reports the configuration as skipped, and both go on.
+    """
+
+
 def one_line(message: object) -> str:
     """Collapse a message onto one line so scripts can grep it."""
     return " ".join(str(message).split())

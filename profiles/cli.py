@@ -51,16 +51,16 @@ def info(file: str, fmt: str) -> None:
     coverage = _coverage(profile)
     peaks = _peaks(profile)
     problems = check_profile(profile)
-    context, hosts, framework, splits, fresh = _in_context(profile)
+    factors, hosts, framework, splits, fresh = _in_model(profile)
     if fmt == "json":
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
                            "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
-                           "context_factors": context, "framework": framework, "gemm_split": splits,
+                           "in_model_factors": factors, "framework": framework, "gemm_split": splits,
                            "fresh_alloc": fresh}))
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
-    click.echo(tabulate([[k, _pass_spread(profile.meta[k]) if k == "context_passes" else _short(profile.meta[k])]
+    click.echo(tabulate([[k, _pass_spread(profile.meta[k]) if k == "decoder_passes" else _short(profile.meta[k])]
                          for k in ordered], tablefmt="plain"))
     if peaks:
         click.echo(f"simulator peaks: {peaks['peak_flops'] / 1e12:.3g} TFLOP/s ({peaks['peak_flops_source']}), "
@@ -70,52 +70,53 @@ def info(file: str, fmt: str) -> None:
               "  ".join(f"{k} {_range(v)}" for k, v in c["shape_ranges"].items()),
               _range(c["median_us"], fmt="{:.3g}")] for c in coverage]
     click.echo(tabulate(table, headers=["op", "measured", "skipped", "shape ranges (values)", "median µs"]))
-    if context:
-        click.echo("\nin-context factors (measured whole decoder, less loop glue / predicted op sum; "
-                   "executor: a dense cache discipline or a routed family; see simulator/context.py):")
-        click.echo(tabulate(context, headers="keys", floatfmt=".3f"))
+    if factors:
+        click.echo("\nin-model factors (measured whole decoder, less loop glue / predicted op sum; "
+                   "executor: a dense cache discipline or a routed family; see docs/model.md):")
+        click.echo(tabulate(factors, headers="keys", floatfmt=".3f"))
     if splits:
-        click.echo("\nGEMMs vs other ops in context (fitted to the decoder at two FFN widths: the other ops' "
+        click.echo("\nGEMMs vs other ops in the model (fitted to the decoder at two FFN widths: the other ops' "
                    "factor is other_over_gemm x the GEMMs'):")
         click.echo(tabulate(splits, headers="keys", floatfmt=".3f"))
     if framework:
         click.echo("\nHugging Face framework cost per step, added outside the concat factor "
-                   "(step_us + us_per_op x framework ops; fitted to decoder_framework rows):")
+                   "(step_us + us_per_dispatch x dispatches; fitted to decoder_framework rows):")
         click.echo(tabulate(framework, headers="keys", floatfmt=".3f"))
     if fresh:
         click.echo(f"\nfirst touch of fresh tensors over the {fresh['threshold_mib']:g} MiB mmap threshold: "
                    f"{fresh['us_per_mib']:.0f} µs per MiB, added outside the factors (fitted to "
                    f"{fresh['rows']} decoder rows past it)")
     if hosts:
-        click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_op x framework ops, "
-                   "device_factor x op sum, p); see simulator/host.py):")
+        click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_dispatch x dispatches, "
+                   "device_factor x op sum, p); see docs/model.md):")
         click.echo(tabulate(hosts, headers="keys", floatfmt=".3f"))
     if problems:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
 
 
-def _in_context(profile: Profile) -> tuple[Any, ...]:
-    """The measured in-context factors; on CUDA profiles the fitted host-issue models, on CPU
+def _in_model(profile: Profile) -> tuple[Any, ...]:
+    """The measured in-model factors; on CUDA profiles the fitted host-issue models, on CPU
     profiles Hugging Face's fitted framework cost, the GEMM / other-ops split and the first-touch
     cost of fresh allocations (a dict, or None)."""
-    from pis.simulator.context import DIMS, FRESH_ALLOC_THRESHOLD
-    from pis.simulator.estimator import Estimator
+    from pis.allocator import FRESH_ALLOC_THRESHOLD
+    from pis.simulator.api import Simulator
+    from pis.simulator.inmodel.rows import DIMS
 
     try:
-        ctx = Estimator(profile).context
-        summary = ctx.summary()
+        correction = Simulator(profile).correction
+        summary = correction.summary()
     except PisError:  # a profile too incomplete to predict its own decoders
         return [], [], [], [], None
-    framework = [dict(phase=phase, step_us=f.step_us, us_per_op=f.us_per_op, rows=f.rows)
-                 for phase, f in sorted(ctx.framework.items())]
-    if not ctx.host_bound:
-        fit = ctx.fresh_alloc()
+    framework = [dict(phase=phase, step_us=f.step_us, us_per_dispatch=f.us_per_dispatch, rows=f.rows)
+                 for phase, f in sorted(correction.framework.items())]
+    if not correction.host_bound:
+        fit = correction.first_touch()
         fresh = (dict(threshold_mib=FRESH_ALLOC_THRESHOLD / 2**20, us_per_mib=fit.us_per_mib, rows=fit.rows)
                  if fit else None)
-        return summary, [], framework, ctx.splits(), fresh
-    hosts = [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_op=f.us_per_op,
+        return summary, [], framework, correction.splits(), fresh
+    hosts = [dict(kv_cache=kv, **dict(zip(DIMS, dims)), phase=phase, us_per_dispatch=f.us_per_dispatch,
                   device_factor=f.device_factor, p=f.p, rows=f.rows)
-             for (kv, dims, phase), f in sorted(ctx.host_fits().items())]
+             for (kv, dims, phase), f in sorted(correction.host_issue_fits().items())]
     return summary, hosts, framework, [], None
 
 
@@ -344,7 +345,7 @@ def merge_profiles(pa: Profile, pb: Profile, names: Sequence[str] = ("A", "B"),
     meta = dict(ma)
     meta.pop("merged_from", None)
     # Per-pass timings describe one calibration's rows; merged rows may come from the other.
-    meta.pop("context_passes", None)
+    meta.pop("decoder_passes", None)
     meta["merged_from"] = [_source_meta(n, p) for n, p in zip(names, (pa, pb))]
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["tool_version"] = __version__

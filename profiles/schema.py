@@ -211,6 +211,9 @@ OPS: dict[str, OpKind] = {
     )
 }
 
+#: Memory-bound ops: their latency depends on the element count alone.
+MEMORY_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.columns == ("numel",))
+
 #: Whole-decoder ops: not executed by a simulation, they calibrate its in-context factor
 #: (``dense_decoder`` for --kv-cache concat, ``dense_decoder_prealloc`` for preallocated).
 DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
@@ -253,5 +256,8 @@ META_REQUIRED: tuple[str, ...] = (
 META_OPTIONAL: tuple[str, ...] = (
     "compute_capability", "sm_count", "memory_bytes", "peak_flops", "peak_bandwidth",
     "peak_source", "torch_version", "cuda_version", "driver_version", "cpu_threads",
-    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes", "context_passes",
+    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes", "decoder_passes",
 )
+#: Metadata keys renamed since they were first written: old name -> current name. Readers
+#: migrate them (:func:`pis.profiles.store.read_profile`).
+META_RENAMED: dict[str, str] = {"context_passes": "decoder_passes"}

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pis.errors import ProfileError
 from pis.profiles.schema import (
-    COLUMNS, META_PREFIX, META_REQUIRED, OPS, SCHEMA_VERSION, SHAPE_COLUMNS, STATUS_OK,
+    COLUMNS, META_PREFIX, META_RENAMED, META_REQUIRED, OPS, SCHEMA_VERSION, SHAPE_COLUMNS, STATUS_OK,
     SHAPE_COLUMNS_SINCE_V2, SHAPE_COLUMNS_SINCE_V3, STATUSES, TIMING_COLUMNS,
 )
 
@@ -104,14 +104,23 @@ def decode_meta(raw: dict[bytes, bytes] | None) -> dict[str, Any]:
     return meta
 
 
-def write_profile(profile: Profile, path: str | os.PathLike[str]) -> None:
-    """Write ``profile`` to ``path`` atomically (never leaves a half-written file)."""
-    path = Path(path)
+def _table(profile: Profile) -> pa.Table:
     rows = normalize_rows(profile.rows)
     meta = dict(profile.meta)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     table = pa.Table.from_pandas(rows, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode_meta(meta)})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **encode_meta(meta)})
+
+
+def write_profile_to(profile: Profile, sink: Any) -> None:
+    """Write ``profile`` as Parquet to an open binary file or buffer."""
+    pq.write_table(_table(profile), sink, compression="zstd")
+
+
+def write_profile(profile: Profile, path: str | os.PathLike[str]) -> None:
+    """Write ``profile`` to ``path`` atomically (never leaves a half-written file)."""
+    path = Path(path)
+    table = _table(profile)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ProfileError(f"cannot write {path}: folder {folder} does not exist")
@@ -147,6 +156,9 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         raise ProfileError(f"{path} is not a readable Parquet profile (corrupted or truncated?): "
                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     meta = decode_meta(table.schema.metadata)
+    for old, new in META_RENAMED.items():
+        if old in meta:
+            meta.setdefault(new, meta.pop(old))
     if "schema_version" not in meta:
         raise ProfileError(f"{path} is a Parquet file but not a pis profile (no pis.schema_version metadata)")
     version = meta["schema_version"]

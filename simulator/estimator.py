@@ -28,54 +28,26 @@ priced at N rounded up to the alignment the measured widths share (largest power
 BLAS kernels have no comparable tile granularity (compare with ``pis-profile loo --by n``).
 
 Launch floor: on CUDA, profile timings come from CUDA events and exclude the CPU launch, so a
-tiny kernel in eager mode still costs one launch: ``time_us = max(kernel_us, overhead_us)``.
+tiny kernel in eager mode still costs one launch: ``time_us = max(kernel_us, launch_us_per_op)``.
 On CPU the timings (``perf_counter``) already include dispatch, so nothing is added.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from pis.errors import MissingOpError, PisError, ProfileError
-from pis.profiles.schema import WHOLE_DECODER_OPS, OPS, OpKind, op_bytes, op_flops
+from pis.profiles.schema import MEMORY_OPS, OPS, WHOLE_DECODER_OPS, OpKind, op_bytes, op_flops
 from pis.profiles.store import Profile
-from pis.simulator.interp import LogInterpolator
+from pis.simulator.opmodel import (EXACT, INTERP, ROOFLINE, SOURCE_NAMES, QUANTIZED_OPS, OpModel, OpRows,
+                                   outside_without_self)
 
-if TYPE_CHECKING:
-    from pis.simulator.context import ContextModel
-
-#: ``OpPrediction.source`` codes, and their names (index = code).
-EXACT, INTERP, ROOFLINE = 0, 1, 2
-SOURCE_NAMES: tuple[str, ...] = ("exact", "interp", "roofline")
-
-#: Attention is interpolated separately for each value of these columns.
-PARTITION_COLUMNS: tuple[str, ...] = ("head_dim", "causal")
-#: ...and, on a CPU, separately for grouped-query shapes (heads > kv_heads) and the rest: there
-#: SDPA with ``enable_gqa`` takes another path when query heads share K/V heads (on the 2-core
-#: VM 8 query heads over 4 K/V heads cost 146 µs at batch 1, context 1024, against 59 µs over 8
-#: and 101 µs over 2), so interpolating across the boundary was off by 2x (the geometric middle
-#: of 4/4 and 16/4 priced 8/4 at 67 µs). CUDA kernels read shared K/V heads natively; there the
-#: split only takes neighbours away (leave-one-pair-out error on the H100 profile: median 4.8 %
-#: without, 6.7 % with; benchmarks/attention_pairs_loo.py). Name of that derived key.
-GROUPED: str = "grouped"
-#: How far a partition of the other regime counts when a query's own has no rows (between
-#: causal's 100 and head_dim's log distance: the same regime at another head_dim is preferred).
-GROUPED_WEIGHT = 10.0
-#: Ops whose N and K may be tile-quantized, and the columns that are.
-QUANTIZED_OPS: tuple[str, ...] = ("gemm", "gemm_2to4")
-QUANTIZED_COLUMNS: tuple[str, ...] = ("n", "k")
-#: Largest alignment quantization rounds to (a GPU GEMM tile edge).
-MAX_ALIGN = 128
-#: Memory-bound ops: latency depends on numel only.
-MEMORY_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.columns == ("numel",))
 #: GEMMs with at most this many rows stream their weights: memory-bound, used for the bandwidth.
 SMALL_M = 16
-#: Neighbours of the k-NN fallback.
-NEIGHBORS = 4
 
 
 @dataclass(frozen=True)
@@ -122,25 +94,16 @@ class Estimator:
         self._rows = _rows_by_op(profile, self.dtype)
         self.peak_flops, self.peak_bandwidth, self.peak_source = self._peaks()
         ov = self._rows.get("overhead")
-        #: median per-op launch/dispatch overhead in µs (None: the profile has no overhead rows)
-        self.overhead_us: float | None = float(np.median(ov.times)) if ov is not None else None
+        #: median launch/dispatch overhead per op in µs (None: the profile has no overhead rows)
+        self.launch_us_per_op: float | None = float(np.median(ov.times)) if ov is not None else None
         glue = self._rows.get("host_glue")
-        #: median host time per framework op of loop glue in µs (None: not measured)
-        self.host_glue_us: float | None = float(np.median(glue.times)) if glue is not None else None
+        #: median host time per loop-glue dispatch in µs (None: not measured)
+        self.glue_us_per_dispatch: float | None = float(np.median(glue.times)) if glue is not None else None
         #: utilization assumed for ops the profile lacks (median GEMM utilization)
         self.default_utilization = self._default_utilization()
-        self._models: dict[str, _OpModel] = {}
-        self._context: "ContextModel | None" = None
+        self._models: dict[str, OpModel] = {}
 
     # --- public API ---------------------------------------------------------------------
-
-    @property
-    def context(self) -> "ContextModel":
-        """The profile's in-context factors (:mod:`pis.simulator.context`), built on first use."""
-        if self._context is None:
-            from pis.simulator.context import ContextModel
-            self._context = ContextModel(self)
-        return self._context
 
     def ops(self) -> list[str]:
         """Ops with measured rows of this estimator's dtype."""
@@ -169,8 +132,8 @@ class Estimator:
         kernel, source, extrap = self._predict_unique(op, uniq)
         kernel, source, extrap = (a[inverse].reshape(out_shape) for a in (kernel, source, extrap))
         time = kernel
-        if self.launch_floor and self.overhead_us is not None:
-            time = np.maximum(kernel, self.overhead_us)
+        if self.launch_floor and self.launch_us_per_op is not None:
+            time = np.maximum(kernel, self.launch_us_per_op)
         return OpPrediction(time_us=time, source=source, extrapolated=extrap, kernel_us=kernel)
 
     def op_time(self, op: str, shape: Mapping[str, object]) -> np.ndarray:
@@ -215,7 +178,7 @@ class Estimator:
                 y, inside = part.interp.leave_one_out()
                 pred[part.rows] = sol[part.rows] / np.exp(y)
                 source[part.rows] = np.where(inside, INTERP, ROOFLINE)
-                extrap[part.rows] = ~inside | _outside_without_self(part.raw)
+                extrap[part.rows] = ~inside | outside_without_self(part.raw)
             slow |= model.quantizes_when_held_out(data.keys) if self.quantize else False
             slow &= np.isin(np.arange(len(data.keys)), model.interpolated_rows)
             groups = [np.array([i]) for i in np.flatnonzero(slow)]
@@ -228,7 +191,7 @@ class Estimator:
             keep[held] = False
             if not keep.any():
                 continue
-            sub = self._new_model(op, _OpRows(data.keys[keep], data.times[keep]), sol[keep])
+            sub = self._new_model(op, OpRows(data.keys[keep], data.times[keep]), sol[keep])
             t, s, e = sub.predict(data.keys[held], lambda q: self._sol_keys(op, q))
             pred[held], source[held], extrap[held] = t, np.where(s == EXACT, INTERP, s), e
         df = pd.DataFrame(data.keys, columns=list(kind.columns))
@@ -243,7 +206,7 @@ class Estimator:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _model(self, op: str) -> "_OpModel | None":
+    def _model(self, op: str) -> "OpModel | None":
         if op not in self._models:
             data = self._rows.get(op)
             if data is None or not OPS[op].columns:
@@ -251,9 +214,9 @@ class Estimator:
             self._models[op] = self._new_model(op, data, self._sol_keys(op, data.keys))
         return self._models[op]
 
-    def _new_model(self, op: str, data: _OpRows, sol: np.ndarray) -> "_OpModel":
+    def _new_model(self, op: str, data: OpRows, sol: np.ndarray) -> "OpModel":
         """An op model of ``data`` with this estimator's options (the full rows, or a held-out subset)."""
-        return _OpModel(op, data, sol, self.quantize, split_gqa=self.split_gqa)
+        return OpModel(op, data, sol, self.quantize, split_gqa=self.split_gqa)
 
     def _sol_keys(self, op: str, keys: np.ndarray) -> np.ndarray:
         cols = OPS[op].columns
@@ -333,163 +296,6 @@ def loo_summary(df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-# --- per-op model ---------------------------------------------------------------------------
-
-@dataclass
-class _OpRows:
-    """Measured points of one op: integer shape keys (P, columns) and median latency (µs)."""
-
-    keys: np.ndarray
-    times: np.ndarray
-
-
-@dataclass
-class _Partition:
-    rows: np.ndarray          # indices into the op's rows
-    raw: np.ndarray           # their feature columns (integers), for range checks
-    interp: LogInterpolator
-
-    def __post_init__(self) -> None:
-        self.lo, self.hi = self.raw.min(axis=0), self.raw.max(axis=0)
-
-
-class _OpModel:
-    """Exact-hit index, per-partition interpolators and quantization of one op's rows."""
-
-    def __init__(self, op: str, data: _OpRows, sol: np.ndarray, quantize: bool, split_gqa: bool = False) -> None:
-        cols = OPS[op].columns
-        self.op, self.data, self.quantize = op, data, quantize and op in QUANTIZED_OPS
-        self.part_idx = [j for j, c in enumerate(cols) if c in PARTITION_COLUMNS]
-        self.feat_idx = [j for j, c in enumerate(cols) if c not in PARTITION_COLUMNS]
-        #: (heads, kv_heads) columns where an attention op's rows split into GQA and not (GROUPED)
-        gqa_cols = split_gqa and {"heads", "kv_heads"} <= set(cols)
-        self.heads_idx = (cols.index("heads"), cols.index("kv_heads")) if gqa_cols else None
-        self.part_names = [cols[j] for j in self.part_idx] + ([GROUPED] if self.heads_idx else [])
-        self.index = _KeyIndex(data.keys, data.times)
-        util = np.log(sol / data.times)
-        valid = np.isfinite(util)  # SOL = 0 (empty shapes) cannot be interpolated, only hit
-        self.interpolated_rows = np.flatnonzero(valid)
-        part_keys = self._part_keys(data.keys)
-        self.parts: dict[tuple, _Partition] = {}
-        for pk in {tuple(r) for r in part_keys[valid].tolist()}:
-            rows = np.flatnonzero(valid & (part_keys == pk).all(axis=1))
-            raw = data.keys[rows][:, self.feat_idx]
-            self.parts[pk] = _Partition(rows, raw, LogInterpolator(_log_features(raw), util[rows], NEIGHBORS))
-        self.widths = {j: np.unique(data.keys[:, j]) for j, c in enumerate(cols) if c in QUANTIZED_COLUMNS}
-        self.align = {cols[j]: _alignment(v) for j, v in self.widths.items()}
-
-    def predict(self, keys: np.ndarray, sol_fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Kernel time, source and extrapolated flag of unique shape ``keys`` (U, columns)."""
-        n = len(keys)
-        time = np.full(n, np.nan)
-        source = np.full(n, ROOFLINE, dtype=np.int8)
-        extrap = self._out_of_range(keys)
-        hit, value = self.index.lookup(keys)
-        time[hit], source[hit] = value[hit], EXACT
-        todo = ~hit
-        if self.quantize and todo.any():
-            q = keys.copy()
-            q[todo] = self._quantized(keys[todo])
-            moved = todo & (q != keys).any(axis=1)
-            hit_q, value_q = self.index.lookup(q)
-            done = moved & hit_q
-            time[done], source[done] = value_q[done], INTERP  # measured at the padded shape
-            todo &= ~done
-            keys = q
-        if todo.any():
-            t, inside = self._interpolate(keys[todo], sol_fn(keys[todo]))
-            time[todo] = t
-            source[todo] = np.where(inside, INTERP, ROOFLINE)
-            extrap[todo] |= ~inside
-        return time, source, extrap
-
-    def _interpolate(self, keys: np.ndarray, sol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        util = np.empty(len(keys))
-        inside = np.zeros(len(keys), dtype=bool)
-        feats = _log_features(keys[:, self.feat_idx])
-        for pk, sel in self._groups(keys):
-            part = self.parts.get(pk)
-            if part is None:  # unmeasured head_dim/causal/regime: borrow the nearest partition, flagged
-                util[sel] = self._nearest_part(pk).interp(feats[sel])[0]
-                continue
-            util[sel], inside[sel] = part.interp(feats[sel])
-        return sol / np.exp(util), inside
-
-    def _part_keys(self, keys: np.ndarray) -> np.ndarray:
-        """The partition key of each shape row: its :data:`PARTITION_COLUMNS`, then GROUPED."""
-        pk = keys[:, self.part_idx]
-        if self.heads_idx is None:
-            return pk
-        h, kv = self.heads_idx
-        return np.column_stack([pk, (keys[:, h] > keys[:, kv]).astype(np.int64)])
-
-    def _groups(self, keys: np.ndarray) -> list[tuple[tuple, np.ndarray | slice]]:
-        """(partition key, row selector) for each partition the query rows fall in."""
-        if not self.part_names:
-            return [((), slice(None))]
-        pk_all = self._part_keys(keys)
-        uniq, inv = np.unique(pk_all, axis=0, return_inverse=True)
-        return [(tuple(int(x) for x in u), inv.reshape(-1) == i) for i, u in enumerate(uniq)]
-
-    def _nearest_part(self, pk: tuple) -> _Partition:
-        weight = {"causal": 100.0, GROUPED: GROUPED_WEIGHT}
-
-        def dist(other: tuple) -> float:
-            # causal must match first, then the GQA regime, then the nearest head_dim in log space
-            return sum(weight.get(name, 1.0) * (abs(np.log(max(a, 1)) - np.log(max(b, 1))) if name == "head_dim"
-                                                else float(a != b))
-                       for name, a, b in zip(self.part_names, pk, other))
-        return self.parts[min(self.parts, key=dist)]
-
-    def _out_of_range(self, keys: np.ndarray) -> np.ndarray:
-        out = np.ones(len(keys), dtype=bool)  # an unmeasured partition is out of range
-        feats = keys[:, self.feat_idx]
-        for pk, sel in self._groups(keys):
-            part = self.parts.get(pk)
-            if part is not None:
-                out[sel] = ((feats[sel] < part.lo) | (feats[sel] > part.hi)).any(axis=1)
-        return out
-
-    def _quantized(self, keys: np.ndarray) -> np.ndarray:
-        q = keys.copy()
-        for j, widths in self.widths.items():
-            a = self.align[OPS[self.op].columns[j]]
-            v = keys[:, j]
-            up = -(-v // a) * a
-            use = ~np.isin(v, widths) & (up != v) & (up <= widths[-1])
-            q[use, j] = up[use]
-        return q
-
-    def quantizes_when_held_out(self, keys: np.ndarray) -> np.ndarray:
-        """Rows whose N or K no other row has and that quantization would move once held out."""
-        out = np.zeros(len(keys), dtype=bool)
-        for j, widths in self.widths.items():
-            v = keys[:, j]
-            vals, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
-            for u in vals[counts == 1]:
-                others = widths[widths != u]
-                a = _alignment(others)
-                moved = len(others) and u % a != 0 and -(-u // a) * a <= others[-1]
-                out |= bool(moved) & (v == u)
-        return out
-
-
-class _KeyIndex:
-    """Exact lookup of integer shape rows (binary search on their bytes)."""
-
-    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
-        v = _void(keys)
-        order = np.argsort(v, kind="stable")
-        self.sorted, self.values = v[order], values[order]
-
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.sorted) == 0 or len(keys) == 0:
-            return np.zeros(len(keys), dtype=bool), np.full(len(keys), np.nan)
-        q = _void(keys)
-        pos = np.minimum(np.searchsorted(self.sorted, q), len(self.sorted) - 1)
-        return self.sorted[pos] == q, self.values[pos]
-
-
 # --- helpers ----------------------------------------------------------------------------------
 
 #: Ops newer than some profiles, and the measured op of the same shape columns that prices
@@ -522,16 +328,16 @@ def _profile_dtype(profile: Profile) -> str:
     return str(found[0])
 
 
-def _rows_by_op(profile: Profile, dtype: str) -> dict[str, _OpRows]:
+def _rows_by_op(profile: Profile, dtype: str) -> dict[str, OpRows]:
     """Measured rows of ``dtype`` per op; unusable rows dropped, duplicates resolved.
 
     Duplicates (an invalid profile; ``pis-profile validate`` reports them) keep the point with
     more repeats, as ``pis-profile merge`` does.
     """
     ok = profile.ok_rows
-    # Whole-decoder rows are not an op the graph executes; simulator/context.py reads them.
+    # Whole-decoder rows are not an op the graph executes; the in-model correction reads them.
     ok = ok[(ok["dtype"] == dtype) & ok["op"].isin([o for o in OPS if o not in WHOLE_DECODER_OPS])]
-    out: dict[str, _OpRows] = {}
+    out: dict[str, OpRows] = {}
     for op, sub in ok.groupby("op", sort=True):
         cols = list(OPS[str(op)].columns)
         t = sub["median_us"].astype("float64")
@@ -542,7 +348,7 @@ def _rows_by_op(profile: Profile, dtype: str) -> dict[str, _OpRows]:
         if not len(sub):
             continue
         keys = sub[cols].to_numpy(dtype=np.int64) if cols else np.empty((len(sub), 0), np.int64)
-        out[str(op)] = _OpRows(keys, sub["median_us"].to_numpy(dtype=np.float64))
+        out[str(op)] = OpRows(keys, sub["median_us"].to_numpy(dtype=np.float64))
     return out
 
 
@@ -586,31 +392,3 @@ def _factorize(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = np.empty(len(uniques), dtype=np.intp)
     first[inverse[::-1]] = np.arange(len(code) - 1, -1, -1)  # last write wins: first occurrence
     return inverse, first
-
-
-def _void(keys: np.ndarray) -> np.ndarray:
-    keys = np.ascontiguousarray(keys, dtype=np.int64)
-    return keys.view(np.dtype((np.void, 8 * keys.shape[1]))).reshape(-1)
-
-
-def _log_features(raw: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(raw, 1).astype(np.float64))
-
-
-def _alignment(widths: np.ndarray) -> int:
-    """Largest power of two (<= MAX_ALIGN) dividing every measured width >= MAX_ALIGN."""
-    big = widths[widths >= MAX_ALIGN]
-    if not len(big):
-        return 1
-    g = int(np.gcd.reduce(big))
-    return min(g & -g, MAX_ALIGN)
-
-
-def _outside_without_self(raw: np.ndarray) -> np.ndarray:
-    """Per point: does it fall outside the range of the *other* points in some column?"""
-    out = np.zeros(len(raw), dtype=bool)
-    for j in range(raw.shape[1]):
-        v = raw[:, j]
-        lo, hi = v.min(), v.max()
-        out |= ((v == lo) & ((v == lo).sum() == 1)) | ((v == hi) & ((v == hi).sum() == 1))
-    return out

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from pis.simulator.host import HOST_OP
-from pis.simulator.models import ModelSpec
+from pis.simulator.dispatch import GLUE_OP
+from pis.models import ModelSpec
 from pis.simulator.points import OpGroup, Points
 
 Arr = "np.ndarray | int | float"
@@ -48,10 +48,10 @@ def topk(name: str, m: Arr, n: Arr, k: Arr, count: Arr) -> OpGroup:
     return OpGroup(name, "topk", {"m": _i(m), "n": _i(n), "k": _i(np.minimum(k, n))}, count, "routing")
 
 
-def host_glue(name: str, ops_per_call: Arr, count: Arr) -> OpGroup:
+def loop_glue(name: str, dispatches_per_call: Arr, count: Arr) -> OpGroup:
     """``count`` stretches of framework work with no kernel of their own (a Python loop's
-    indexing, views and index tensors): ``ops_per_call`` host dispatches each, no device time."""
-    return OpGroup(name, HOST_OP, {}, count, "host", host_ops=np.asarray(ops_per_call, dtype=np.float64))
+    indexing, views and index tensors): ``dispatches_per_call`` dispatches each, no device time."""
+    return OpGroup(name, GLUE_OP, {}, count, "glue", dispatches=np.asarray(dispatches_per_call, dtype=np.float64))
 
 
 def attention(name: str, pts: Points, count: Arr, *, batch: Arr, q_len: Arr, kv_len: Arr,

@@ -134,5 +134,29 @@ def compare_with_study(found: pd.DataFrame, study: pd.DataFrame = STUDY_BANDS_PR
     return pd.DataFrame(rows)
 
 
-__all__ = ["frontier", "bands", "best_by_family", "compare_with_study", "scenario_columns",
+#: Columns of :func:`efficiency`.
+EFFICIENCY_COLUMNS = ("method", "sparsity", "speedup", "theoretical_speedup", "efficiency", "flops_ratio")
+
+
+def efficiency(df: pd.DataFrame, at: float = 0.5, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Realized ÷ theoretical speedup of every family at the sparsity nearest ``at``, per scenario.
+
+    ``efficiency`` = speedup / theoretical_speedup: 1 where a family delivers its speed-of-light
+    gain. The study's finding to compare with: static depth comes closest to its bound where the
+    phase is memory-bound (decode at small batch); fine-grained and dynamic families lose to
+    gathers, routers, odd GEMM shapes and launch overheads.
+    """
+    cols = scenario_columns(df, by)
+    rows = []
+    for key, g in (df.groupby(cols, sort=True, dropna=False) if cols else [((), df)]):
+        key = key if isinstance(key, tuple) else (key,)
+        for m, f in g[g["method"] != "dense"].groupby("method", sort=True):
+            r = f.iloc[int((f["sparsity"] - at).abs().to_numpy().argmin())]
+            rows.append({**dict(zip(cols, key)), "method": m, "sparsity": r["sparsity"], "speedup": r["speedup"],
+                         "theoretical_speedup": r["theoretical_speedup"],
+                         "efficiency": r["speedup"] / r["theoretical_speedup"], "flops_ratio": r["flops_ratio"]})
+    return pd.DataFrame(rows, columns=cols + list(EFFICIENCY_COLUMNS))
+
+
+__all__ = ["frontier", "efficiency", "bands", "best_by_family", "compare_with_study", "scenario_columns",
            "STUDY_BANDS_PREFILL", "BAND_COLUMNS", "SCENARIO"]

@@ -13,41 +13,16 @@ import numpy as np
 import pandas as pd
 
 from pis.errors import PisError, handle_errors
-from pis.simulator.cli import (_json_records, _sparsity, common_options, load_estimator, parse_methods,
-                               split_list, sweep_from_options)
+from pis.simulator.api import Simulator
+from pis.simulator.cli_options import (json_records, parse_grid, parse_methods, skip_unanswerable, sparsity_value,
+                                       split_list, sweep_options, write_text)
 from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, frontier,
                                   scenario_columns)
 from pis.simulator.points import PHASES
-from pis.simulator.pruning import FAMILIES
 from pis.simulator.quality import FLAG_OUT_OF_RANGE, load_quality
 
 DEFAULT_SPARSITY = ",".join(f"{i / 20:g}" for i in range(19))  # 0, 0.05, ..., 0.9
 FORMATS = ("table", "json", "csv")
-
-
-def _allowed(method: str, sparsities: list[float]) -> list[float]:
-    """The sparsities a family can realize (semi-structured stops at 0.5)."""
-    return [s for s in sparsities if FAMILIES[method].allows(s)]
-
-
-def design_points(options: dict, methods: list[str], sparsities: list[float]) -> tuple[pd.DataFrame, Path]:
-    """Sweep dense and ``methods``, each at the sparsities its family allows (one sweep per
-    distinct list). Dense keeps one row per scenario (its loss and speed do not depend on s)."""
-    groups: dict[tuple[float, ...], list[str]] = {}
-    for m in ["dense"] + [m for m in methods if m != "dense"]:
-        allowed = tuple(_allowed(m, sparsities)) or ((0.0,) if m == "dense" else ())
-        if allowed:
-            groups.setdefault(allowed, []).append(m)
-    frames, path = [], None
-    for allowed, group in groups.items():
-        df, path = sweep_from_options(method=",".join(group), sparsity=",".join(map(repr, allowed)), **options)
-        frames.append(df)
-    # Dense sits in exactly one group, and the sweep already gives it one row per scenario.
-    df = pd.concat(frames, ignore_index=True).fillna({c: 0.0 for c in frames[0].columns if c.startswith("t_")})
-    order = {m: i for i, m in enumerate(["dense"] + methods)}
-    df = df.sort_values(scenario_columns(df) + ["method", "sparsity"],
-                        key=lambda c: c.map(order) if c.name == "method" else c, kind="mergesort")
-    return df.reset_index(drop=True), path
 
 
 def _fmt_loss(v: float) -> str:
@@ -94,7 +69,7 @@ def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame |
 
 
 def _records(df: pd.DataFrame) -> list:
-    return json.loads(_json_records(df)) if len(df) else []
+    return json.loads(json_records({c: df[c].to_numpy() for c in df.columns})) if len(df) else []
 
 
 def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFrame,
@@ -114,23 +89,8 @@ def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFr
     return render_table(front, found, study)
 
 
-def _write(text: str, out: str | None, force: bool) -> None:
-    if out is None:
-        click.echo(text)
-        return
-    path = Path(out)
-    if path.exists() and not force:
-        raise PisError(f"{out} exists; pass --force to overwrite it")
-    if not path.parent.exists():
-        raise PisError(f"cannot write {out}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    tmp.replace(path)
-    click.echo(f"wrote {out}", err=True)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@common_options
+@sweep_options
 @click.option("--method", default="all", show_default=True,
               help="Comma list of pruning families, or 'all' (dense is always included).")
 @click.option("--sparsity", default=DEFAULT_SPARSITY, show_default=True,
@@ -151,7 +111,7 @@ def _write(text: str, out: str | None, force: bool) -> None:
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, kv_cache: str, no_context: bool, allow_roofline: bool,
+         align: int, layer_sparsity: str | None, kv_cache: str, op_sum: bool, allow_roofline: bool,
          jobs: int, method: str,
          sparsity: str, phase: str, quality_file: str | None, plot_dir: str | None, fmt: str,
          out: str | None, force: bool) -> None:
@@ -170,26 +130,25 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if out is not None and Path(out).exists() and not force:
         raise PisError(f"{out} exists; pass --force to overwrite it")
     methods = parse_methods(method)
-    loaded = load_estimator(profile, allow_roofline)
-    if method.strip() == "all" and not allow_roofline and "gemm_2to4" not in loaded[0].ops():
-        # As in pis-simulate: 'all' means every family the profile can answer.
-        methods = [m for m in methods if m != "semi-structured"]
-        click.echo("note: semi-structured skipped: the profile has no gemm_2to4 rows; "
-                   "--allow-roofline estimates it", err=True)
-    sparsities = split_list(sparsity, "--sparsity", _sparsity)
+    sim = Simulator(profile, allow_roofline=allow_roofline)
+    if method.strip() == "all":
+        methods = skip_unanswerable(methods, sim)
+    sparsities = split_list(sparsity, "--sparsity", sparsity_value)
     missing = [m for m in methods if not quality.has(m)]
     if missing and len(missing) == len([m for m in methods if m != "dense"]):
         raise PisError(f"no quality data for {', '.join(missing)} in {quality.source}")
     if missing:
         click.echo(f"note: no quality data for {', '.join(missing)} in {quality.source}; "
                    "left out of the frontier", err=True)
-    options = dict(profile=profile, model=model, phase=phase, batch=batch, seq_len=seq_len,
-                   context=context, granularity=granularity, align=align,
-                   layer_sparsity=layer_sparsity, allow_roofline=allow_roofline, jobs=jobs,
-                   breakdown=plot_dir is not None, kv_cache=kv_cache, in_context=not no_context,
-                   loaded=loaded)
-    sim, path = design_points(options, [m for m in methods if quality.has(m)], sparsities)
-    points = quality.annotate(sim)
+    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache)
+    if grid.options.layer_sparsity is not None:
+        sparsities = [float(np.mean(grid.options.layer_sparsity))]
+    found_points = sim.design_points([m for m in methods if quality.has(m)], sparsities, phase=phase,
+                                     model=grid.models, batch=grid.batches, seq_len=grid.seq_lens,
+                                     context=grid.contexts, options=grid.options, in_model=not op_sum,
+                                     breakdown=plot_dir is not None, jobs=jobs)
+    path = sim.path
+    points = quality.annotate(found_points)
     out_of_range = points["quality_flag"] == FLAG_OUT_OF_RANGE
     if out_of_range.any():
         beyond = sorted(points.loc[out_of_range, "method"].unique())
@@ -209,13 +168,11 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if fmt == "table":
         click.echo(f"profile: {path}  quality: {quality.source}  ({len(points)} design points in "
                    f"{time.perf_counter() - t0:.2f} s)", err=True)
-    _write(render(fmt, points, front, found, study, missing, quality.source, path), out, force)
+    write_text(render(fmt, points, front, found, study, missing, quality.source, path), out, force)
     if points["extrapolated"].any():
         click.echo(f"note: {int(points['extrapolated'].sum())} design points use ops outside the "
                    "profile's calibrated range (extrapolated=true)", err=True)
 
-
-__all__ = ["main", "design_points", "render"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -133,6 +133,30 @@ def breakdown_figure(points: pd.DataFrame, sparsity: float = 0.5, title: str | N
     return fig
 
 
+def speedup_figure(points: pd.DataFrame, title: str | None = None) -> Any:
+    """Realized speedup (solid) against the theoretical bound (dashed) over sparsity, one panel
+    per phase and one line per family."""
+    phases = list(dict.fromkeys(points["phase"])) if "phase" in points else [None]
+    fig = _figure(5.0 * len(phases), 4.0)
+    methods = sorted(m for m in points["method"].unique() if m != "dense")
+    colors = _colors(methods)
+    for i, phase in enumerate(phases):
+        ax = fig.add_subplot(1, len(phases), i + 1)
+        df = points if phase is None else points[points["phase"] == phase]
+        for m in methods:
+            g = df[df["method"] == m].sort_values("sparsity")
+            ax.plot(g["sparsity"], g["speedup"], "o-", ms=2, color=colors[m], label=m)
+            ax.plot(g["sparsity"], g["theoretical_speedup"], "--", lw=1, color=colors[m])
+        ax.set_title(title if title is not None else f"{_title(df)}: realized (solid) vs bound (dashed)",
+                     fontsize=9)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("speedup (x)")
+        ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(points: pd.DataFrame, front: pd.DataFrame, out_dir: str | Path,
                 study_bands: pd.DataFrame | None = None, sparsity: float = 0.5,
                 force: bool = False) -> list[Path]:
@@ -171,4 +195,4 @@ def write_plots(points: pd.DataFrame, front: pd.DataFrame, out_dir: str | Path,
     return paths
 
 
-__all__ = ["pareto_figure", "breakdown_figure", "write_plots", "save"]
+__all__ = ["pareto_figure", "breakdown_figure", "speedup_figure", "write_plots", "save"]

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pis.simulator.host import HOST_OPS
+from pis.simulator.dispatch import DISPATCHES_PER_CALL
 
 PHASES = ("prefill", "decode")
 
@@ -71,19 +71,20 @@ class OpGroup:
     op: str
     shape: Mapping[str, np.ndarray]
     count: np.ndarray
-    #: op type for breakdowns: "gemm", "attention", "norm", "elementwise", "routing", "embedding"
+    #: op type for breakdowns: "gemm", "attention", "norm", "elementwise", "routing", "embedding",
+    #: "kv_cache", "glue"
     category: str = field(default="")
     #: fraction of the op's FLOPs and bytes that are useful work (theoretical bound and FLOP
     #: counts only; latency still comes from the full shape). Unstructured sparsity uses it:
     #: masked weights run dense kernels, but a perfect sparse kernel would do (1 - s) of the work.
     work_scale: np.ndarray = field(default_factory=lambda: np.ones(()))
-    #: framework ops (host dispatches) one call issues; None: the op kind's default
-    #: (:data:`pis.simulator.host.HOST_OPS`)
-    host_ops: "np.ndarray | None" = None
+    #: dispatches (framework ops the host issues) of one call; None: the op kind's default
+    #: (:data:`pis.simulator.dispatch.DISPATCHES_PER_CALL`)
+    dispatches: "np.ndarray | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "count", np.asarray(self.count, dtype=np.float64))
         object.__setattr__(self, "work_scale", np.asarray(self.work_scale, dtype=np.float64))
-        host = HOST_OPS.get(self.op, 1.0) if self.host_ops is None else self.host_ops
-        object.__setattr__(self, "host_ops", np.asarray(host, dtype=np.float64))
+        calls = DISPATCHES_PER_CALL.get(self.op, 1.0) if self.dispatches is None else self.dispatches
+        object.__setattr__(self, "dispatches", np.asarray(calls, dtype=np.float64))
         object.__setattr__(self, "shape", {k: np.asarray(v) for k, v in self.shape.items()})

@@ -10,96 +10,16 @@ sparsity 0 every family runs exactly the dense graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from pis.errors import PisError
-from pis.simulator.models import ModelSpec
+from pis.pruned import PruneOptions, ceil_int, layers_removed, lowrank_rank, pruned_ffn, pruned_heads, pruned_hidden
+from pis.models import ModelSpec
 from pis.simulator.opgraph import (Projector, attention, attention_block, dense_projector, ends,
-                                   gemm, host_glue, memop, mlp_block, topk)
+                                   gemm, loop_glue, memop, mlp_block, topk)
 from pis.simulator.points import OpGroup, Points
-
-
-KV_CACHES = ("concat", "preallocated")
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """Knobs shared by the families (CLI: --granularity, --align, --layer-sparsity)."""
-
-    #: static-depth: remove whole layers ("layer") or attention/MLP sublayers ("sublayer")
-    granularity: str = "layer"
-    #: kept FFN channels, hidden size and low-rank ranks round to a multiple of this
-    align: int = 64
-    #: one sparsity per decoder layer (non-uniform pruning), or None for uniform ``s``
-    layer_sparsity: tuple[float, ...] | None = None
-    #: dynamic-depth router bottleneck rank
-    router_rank: int = 16
-    #: sparse-attention KV block size
-    block: int = 64
-    #: dynamic-width FFN channel groups
-    ffn_groups: int = 8
-    #: decode KV cache: "concat" copies each layer's cache to append a token (Hugging Face
-    #: DynamicCache, what `generate` uses by default); "preallocated" writes in place (static
-    #: or paged caches of serving engines), which costs next to nothing
-    kv_cache: str = "concat"
-
-    def __post_init__(self) -> None:
-        if self.granularity not in ("layer", "sublayer"):
-            raise PisError(f"granularity must be 'layer' or 'sublayer', got {self.granularity!r}")
-        if self.kv_cache not in KV_CACHES:
-            raise PisError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}")
-        for f in ("align", "router_rank", "block", "ffn_groups"):
-            if int(getattr(self, f)) < 1:
-                raise PisError(f"{f} must be a positive integer")
-
-
-def _round(x: np.ndarray) -> np.ndarray:
-    # Round half up (numpy rounds half to even, which makes 0.5·L off by one for odd L).
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5 + 1e-9).astype(np.int64)
-
-
-def _ceil(x: np.ndarray) -> np.ndarray:
-    return np.ceil(np.asarray(x, dtype=np.float64) - 1e-9).astype(np.int64)
-
-
-def layers_removed(n_layers: "int | np.ndarray", s: "float | np.ndarray") -> np.ndarray:
-    """Static depth: layers removed out of ``n_layers`` at sparsity ``s`` (round half up)."""
-    return _round(np.asarray(s) * n_layers)
-
-
-def layers_kept(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
-    """Static depth: decoder layers that still run."""
-    return spec.layers - layers_removed(spec.layers, s)
-
-
-def pruned_heads(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
-    """Static width: query heads kept, a multiple of the KV-head count (at least one group)."""
-    g = spec.kv_heads
-    return np.maximum(g, _round((1.0 - np.asarray(s)) * spec.heads / g) * g)
-
-
-def _aligned(width: int, s: "float | np.ndarray", align: int) -> np.ndarray:
-    return np.minimum(width, np.maximum(align, _round((1.0 - np.asarray(s)) * width / align) * align))
-
-
-def pruned_ffn(spec: ModelSpec, s: "float | np.ndarray", align: int = 64) -> np.ndarray:
-    """Static width: FFN channels kept, a multiple of ``align``."""
-    return np.where(np.asarray(s) > 0, _aligned(spec.ffn, s, align), spec.ffn)
-
-
-def pruned_hidden(spec: ModelSpec, s: "float | np.ndarray", align: int = 64) -> np.ndarray:
-    """Static width, cross-layer: hidden size kept, a multiple of ``align``."""
-    return np.where(np.asarray(s) > 0, _aligned(spec.hidden, s, align), spec.hidden)
-
-
-def lowrank_rank(n: "int | np.ndarray", k: "int | np.ndarray", s: "float | np.ndarray",
-                 align: int = 64) -> np.ndarray:
-    """Rank keeping a fraction (1−s) of the N×K parameters in two factors, floored to ``align``."""
-    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
-    r = np.floor((1.0 - np.asarray(s)) * n * k / (n + k) / align + 1e-9) * align
-    return np.maximum(align, r).astype(np.int64)
 
 
 # --- projectors: how one linear layer executes under a family -------------------------------
@@ -152,9 +72,9 @@ def static_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneOp
     return attention_block(spec, pts, attn_kept.astype(float)) + mlp_block(spec, pts, mlp_kept.astype(float))
 
 
-# Host-only glue of the dynamic families' executors (pis's reference decoder), in framework
-# ops: the views, index tensors and loop bookkeeping that no op group's kernel covers. Counted
-# with a TorchDispatchMode on the executors (tests/test_host.py re-counts them), as the number
+# Loop glue of the routed families' executors (pis's reference decoder), in dispatches: the
+# views, index tensors and loop bookkeeping that no op group's kernel covers. Counted with a
+# TorchDispatchMode on the executors (tests/test_dispatch.py re-counts them), as the number
 # that makes each family's total match its executor relative to the dense reference decoder.
 #: per routed sublayer (router score views, index reshapes)
 ROUTING_GLUE: dict[str, float] = {"prefill": 11.0, "decode": 7.0}
@@ -173,11 +93,11 @@ def dynamic_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
     full = n * (s == 0).astype(float)
     t = pts.tokens
     if pts.phase == "prefill":
-        kept_seq = _ceil((1.0 - s) * pts.seq_len)
+        kept_seq = ceil_int((1.0 - s) * pts.seq_len)
         t_k, attn = pts.batch * kept_seq, dict(attn_batch=pts.batch, q_len=kept_seq, kv_len=kept_seq)
     else:
-        t_k = _ceil((1.0 - s) * pts.batch)
-        attn = dict(attn_batch=t_k, q_len=1, kv_len=_ceil((1.0 - s) * pts.context) + 1)
+        t_k = ceil_int((1.0 - s) * pts.batch)
+        attn = dict(attn_batch=t_k, q_len=1, kv_len=ceil_int((1.0 - s) * pts.context) + 1)
     ops = attention_block(spec, pts, full) + mlp_block(spec, pts, full)
     for block in ("attn", "mlp"):
         ops += [gemm(f"{block}_router.down", t, o.router_rank, spec.hidden, routed, category="routing"),
@@ -187,7 +107,7 @@ def dynamic_depth(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
         ops.append(memop(f"{block}_gather", "gather", t_k * spec.hidden, routed, "routing"))
     ops += attention_block(spec, pts, routed, tokens=t_k, residual="scatter_add", **attn)
     ops += mlp_block(spec, pts, routed, tokens=t_k, residual="scatter_add")
-    ops.append(host_glue("routing_glue", ROUTING_GLUE[pts.phase], 2 * routed))
+    ops.append(loop_glue("routing_glue", ROUTING_GLUE[pts.phase], 2 * routed))
     return ops
 
 
@@ -235,8 +155,8 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
     on = (s > 0).astype(float)
     c = np.full(len(pts), float(n))
     if pts.phase == "decode":
-        blocks = _ceil(pts.kv_len / b)
-        kept = np.where(s > 0, np.minimum(pts.kv_len, _ceil((1.0 - s) * blocks) * b), pts.kv_len)
+        blocks = ceil_int(pts.kv_len / b)
+        kept = np.where(s > 0, np.minimum(pts.kv_len, ceil_int((1.0 - s) * blocks) * b), pts.kv_len)
         ops = attention_block(spec, pts, c * (s == 0)) + [
             g for g in attention_block(spec, pts, c * (s > 0), kv_len=kept) if g.name != "attention"]
         ops += [attention("sparse_attention", pts, c * (s > 0), batch=pts.batch, q_len=1, kv_len=kept,
@@ -248,13 +168,13 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
                 *_kv_append(pts, c * (s > 0), pts.batch, pts.kv_len, spec.kv_heads, hd, o)]
         rows = pts.batch * spec.heads
     else:
-        blocks = _ceil(pts.seq_len / b)
+        blocks = ceil_int(pts.seq_len / b)
         # Block-sparse causal attention visits (1−s) of its blocks: its time scales with them.
         ops = [g for g in attention_block(spec, pts, c) if g.name != "attention"]
         ops.append(attention("attention", pts, c * (1.0 - s), batch=pts.batch, q_len=pts.q_len,
                              kv_len=pts.kv_len, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=hd))
         rows = pts.batch * spec.heads * blocks
-    kept_blocks = np.maximum(1, _ceil((1.0 - s) * blocks))
+    kept_blocks = np.maximum(1, ceil_int((1.0 - s) * blocks))
     ops += [gemm("block_scores", rows, blocks, hd, c * on, category="routing"),
             topk("block_topk", rows, blocks, kept_blocks, c * on)]
     if pts.phase == "prefill":
@@ -263,7 +183,7 @@ def sparse_attention(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: Pru
         glue = SPARSE_PREFILL_GLUE[0] + SPARSE_PREFILL_GLUE[1] * blocks
     else:
         glue = np.full(len(pts), float(SPARSE_DECODE_GLUE))
-    ops.append(host_glue("block_glue", glue, c * on))
+    ops.append(loop_glue("block_glue", glue, c * on))
     return ops + mlp_block(spec, pts, c)
 
 
@@ -275,8 +195,8 @@ def _group_loads(pts: Points, s: np.ndarray, groups: int, on: np.ndarray) -> lis
     T·k/groups picks, and a group nobody picked does not run (batch 1: only k groups run).
     """
     if pts.phase == "prefill":
-        return [(pts.batch * _ceil((1.0 - s) * pts.seq_len), on * groups)]
-    k = np.maximum(1, _ceil((1.0 - s) * groups))
+        return [(pts.batch * ceil_int((1.0 - s) * pts.seq_len), on * groups)]
+    k = np.maximum(1, ceil_int((1.0 - s) * groups))
     picks = pts.tokens * k
     lo, busy = picks // groups, picks % groups
     return [(lo + 1, on * busy), (np.maximum(lo, 1), on * (groups - busy) * (lo > 0))]
@@ -291,15 +211,15 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
     ops = attention_block(spec, pts, off) + mlp_block(spec, pts, off)
     ops += [memop("input_norm", "rmsnorm", t * d_model, on, "norm"),
             gemm("width_router", t, g + nf, d_model, on, category="routing"),
-            topk("head_topk", t, g, _ceil((1.0 - s) * g), on),
-            topk("ffn_topk", t, nf, _ceil((1.0 - s) * nf), on),
+            topk("head_topk", t, g, ceil_int((1.0 - s) * g), on),
+            topk("ffn_topk", t, nf, ceil_int((1.0 - s) * nf), on),
             gemm("k_proj", t, g * hd, d_model, on), gemm("v_proj", t, g * hd, d_model, on),
             memop("rope_k", "rope", t * g * hd, on, "elementwise"),
             *_kv_append(pts, on, pts.batch, pts.kv_len, g, hd, o)]
     head_loads, ffn_loads = _group_loads(pts, s, g, on), _group_loads(pts, s, nf, on)
     for t_g, calls in head_loads:
         if pts.phase == "prefill":
-            attn = dict(batch=pts.batch, q_len=_ceil((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
+            attn = dict(batch=pts.batch, q_len=ceil_int((1.0 - s) * pts.seq_len), kv_len=pts.kv_len)
         else:
             attn = dict(batch=t_g, q_len=1, kv_len=pts.kv_len)
             # Decode: the group's K/V rows of the tokens that picked it are gathered out of the
@@ -323,7 +243,7 @@ def dynamic_width(spec: ModelSpec, pts: Points, s: np.ndarray, n: int, o: PruneO
                 memop("ffn_scatter", "scatter_add", t_g * d_model, calls, "routing")]
     per_layer, per_group = WIDTH_GLUE[pts.phase]
     runs = sum(calls for _, calls in head_loads + ffn_loads)
-    ops.append(host_glue("group_glue", 1.0, per_layer * on + per_group * runs))
+    ops.append(loop_glue("group_glue", 1.0, per_layer * on + per_group * runs))
     return ops
 
 
@@ -374,6 +294,13 @@ def get_family(method: str) -> Family:
         return FAMILIES[method]
     except KeyError:
         raise PisError(f"unknown method {method!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def check_methods(methods: list[str]) -> None:
+    """Raise PisError naming the first method that is not a family."""
+    unknown = [m for m in methods if m not in FAMILIES]
+    if unknown:
+        raise PisError(f"unknown method {unknown[0]!r}; known: {', '.join(FAMILIES)}")
 
 
 def check_sparsity(fam: Family, spec: ModelSpec, s: np.ndarray, opts: PruneOptions) -> None:
@@ -445,29 +372,3 @@ def build_ops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | No
         for value, count in _layer_groups(spec, fam, opts):
             ops += fam.layers(spec, pts, np.full(len(pts), value), count, opts)
     return _with_kv_appends(ends(spec, pts, hidden) + ops, pts, spec, opts)
-
-
-def calibration_shapes(spec: ModelSpec, sparsities: Sequence[float] = tuple(np.arange(10) / 10),
-                       align: int = 64) -> list[tuple[int, int]]:
-    """Every GEMM weight shape (N, K) the families produce on ``spec`` at ``sparsities``.
-
-    ``pis-calibrate --model`` measures these exactly, so width-pruned and low-rank GEMMs with
-    odd N/K hit the profile instead of being interpolated.
-    """
-    shapes: set[tuple[int, int]] = set()
-    d, f, hd, g = spec.hidden, spec.ffn, spec.head_dim, spec.kv_heads
-    for s in sparsities:
-        h = int(pruned_heads(spec, s)) if s > 0 else spec.heads
-        fp = int(pruned_ffn(spec, s, align))
-        dp = int(pruned_hidden(spec, s, align))
-        for dd in {d, dp}:
-            shapes |= {(h * hd, dd), (spec.heads * hd, dd), (g * hd, dd), (dd, h * hd),
-                       (dd, spec.heads * hd), (fp, dd), (f, dd), (dd, fp), (dd, f), (spec.vocab, dd),
-                       (dd, dd)}
-        if s > 0:
-            for n, k in [(spec.heads * hd, d), (g * hd, d), (d, spec.heads * hd), (f, d), (d, f)]:
-                r = int(lowrank_rank(n, k, s, align))
-                shapes |= {(r, k), (n, r)}
-    shapes |= {(16, d), (1, 16), (g + 8, d), (spec.group_size * hd, d), (d, spec.group_size * hd),
-               (max(1, f // 8), d), (d, max(1, f // 8))}
-    return sorted(shapes)

@@ -29,7 +29,7 @@ GEMM_M = [2 ** i for i in range(13)]            # 1 .. 4096
 GEMM_NK = [2 ** i for i in range(8, 15)]        # 256 .. 16384
 NUMEL = [2 ** i for i in range(10, 27)]         # 1024 .. 67M
 SEQ = [2 ** i for i in range(7, 14)]            # 128 .. 8192
-MEMORY_OPS = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add")
+SYNTHETIC_MEMORY_OPS = ("rmsnorm", "silu_mul", "rope", "add", "gather", "scatter_add")
 
 
 def _f(x: object) -> np.ndarray:
@@ -68,7 +68,7 @@ def _shapes() -> dict[str, list[dict[str, int]]]:
     out["attn_decode"] = [dict(batch=b, q_len=1, kv_len=c, heads=h, kv_heads=g, head_dim=d, causal=0)
                           for d, b, c, h, g in itertools.product((64, 128), (1, 4, 16, 64), SEQ + [16384, 32768],
                                                                  (8, 32), (2, 8))]
-    for op in MEMORY_OPS:
+    for op in SYNTHETIC_MEMORY_OPS:
         out[op] = [dict(numel=x) for x in NUMEL]
     out["topk"] = [dict(m=m, n=n, k=k) for m, n, k in itertools.product((1, 64, 1024), (64, 1024, 8192), (8, 32))]
     out["overhead"] = [{}]

@@ -16,15 +16,17 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from pis.calibrate import ops  # noqa: E402
+from pis.calibrate import benches, ops  # noqa: E402
 from pis.calibrate.cli import main  # noqa: E402
 from pis.calibrate.device import datasheet_peaks, resolve_device  # noqa: E402
-from pis.calibrate.grid import CONTEXT_OPS, GRID_NAMES, build_grid, context_points, count_points, model_pairs  # noqa: E402
+from pis.calibrate.decoder_points import decoder_points  # noqa: E402
+from pis.calibrate.grid import GRID_NAMES, build_grid, count_points, model_pairs  # noqa: E402
 from pis.calibrate.runner import RunOptions, calibrate  # noqa: E402
-from pis.calibrate.timing import CpuTimer, Timer, TimingConfig, summarize  # noqa: E402
-from pis.errors import PisError  # noqa: E402
+from pis.calibrate.timing import CpuTimer, Timer, TimingConfig, summarize_samples  # noqa: E402
+from pis.errors import PisError, Unsupported  # noqa: E402
 from pis.profiles.cli import main as profile_main  # noqa: E402
-from pis.profiles.schema import FRAMEWORK_OP, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, STATUS_OK  # noqa: E402
+from pis.profiles.schema import (FRAMEWORK_OP, OPS, REQUIRED_OPS, ROUTED_DECODER_OPS, STATUS_OK,  # noqa: E402
+                                 WHOLE_DECODER_OPS)
 from pis.profiles.store import KEY_COLUMNS, keys_of, load_profile, read_profile, row_key  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def test_grid_sizes_grow_and_cover_every_op(kind, dtype):
 
 
 def test_framework_rows_are_a_negligible_width_at_two_depths():
-    from pis.calibrate.grid import FRAMEWORK_DIMS
+    from pis.calibrate.decoder_points import FRAMEWORK_DIMS
 
     pts = [p.shape_dict for p in build_grid("quick", "cpu", "fp32").points if p.op == FRAMEWORK_OP]
     assert len(pts) == 16 and all(p["hidden"] == FRAMEWORK_DIMS["hidden"] <= 64 for p in pts)
@@ -96,11 +98,11 @@ def test_grid_caps_and_order():
 
     # Whole-decoder points are exempt from the per-op caps (their shapes are chosen by hand).
     assert all(float(op_flops(p.op, p.shape_dict)) <= 2e10 for p in grid.points
-               if p.shape and p.op not in CONTEXT_OPS)
+               if p.shape and p.op not in WHOLE_DECODER_OPS)
     assert grid.points[0].op == "overhead"
     # The whole-decoder points come before the large-M GEMMs, so a time-budgeted run keeps them.
-    ctx = [i for i, p in enumerate(grid.points) if p.op in CONTEXT_OPS]
-    assert len(ctx) == len(context_points("quick", "cpu"))
+    ctx = [i for i, p in enumerate(grid.points) if p.op in WHOLE_DECODER_OPS]
+    assert len(ctx) == len(decoder_points("quick", "cpu"))
     big = [i for i, p in enumerate(grid.points) if p.op == "gemm" and p.shape_dict["m"] > 512]
     assert big and max(ctx) < min(big)
     first_big = next(i for i, p in enumerate(grid.points) if p.op == "gemm" and p.shape_dict["m"] > 16)
@@ -134,7 +136,7 @@ def test_model_adds_its_attention_heads():
     # Decode batch and context axes include the whole-decoder points'.
     dec = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in with_model.points
            if p.op == "attn_decode" and p.shape_dict["heads"] == 16}
-    ctx = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in context_points("quick", "cpu", dims)
+    ctx = {(p.shape_dict["batch"], p.shape_dict["kv_len"]) for p in decoder_points("quick", "cpu", dims)
            if p.op == "dense_decoder" and not p.shape_dict["causal"]}
     assert ctx <= dec
     # Dynamic width's prefill groups: half the queries of a 256-token sequence over all 256 keys.
@@ -157,13 +159,13 @@ def test_cpu_grids_time_the_hf_decoder_at_a_narrow_ffn_too():
     """Step 19: the dense_decoder points again with a quarter of the FFN (aligned to 64), so the
     in-context model can split the GEMMs' factor from the other ops'; CPU grids only."""
     _, _, dims = model_pairs("benchmarks/cpu-small.json")  # FFN 2816
-    pts = [p.shape_dict for p in context_points("quick", "cpu", dims) if p.op == "dense_decoder"]
+    pts = [p.shape_dict for p in decoder_points("quick", "cpu", dims) if p.op == "dense_decoder"]
     wide = {(s["batch"], s["q_len"], s["kv_len"]) for s in pts if s["ffn"] == 2816}
     narrow = {(s["batch"], s["q_len"], s["kv_len"]) for s in pts if s["ffn"] == 704}
     assert wide == narrow and len(narrow) == 19 and len(pts) == 38
     assert all(s["hidden"] == 1024 and s["heads"] == 16 for s in pts)
     for kind, name in (("cuda", "quick"), ("cpu", "tiny")):
-        assert len({p.shape_dict["ffn"] for p in context_points(name, kind) if p.op == "dense_decoder"}) == 1
+        assert len({p.shape_dict["ffn"] for p in decoder_points(name, kind) if p.op == "dense_decoder"}) == 1
 
 
 def test_routed_top_k_over_few_candidates_is_measured():
@@ -177,7 +179,7 @@ def test_routed_top_k_over_few_candidates_is_measured():
 # --- ops, timers, device --------------------------------------------------------------------
 
 def test_attention_gqa_matches_repeated_kv():
-    b = ops.build("attn_decode", dict(batch=2, q_len=1, kv_len=32, heads=8, kv_heads=2, head_dim=64, causal=0),
+    b = benches.build("attn_decode", dict(batch=2, q_len=1, kv_len=32, heads=8, kv_heads=2, head_dim=64, causal=0),
                   torch.float32, torch.device("cpu"))
     out = b.fn()
     assert out.shape == (2, 8, 1, 64) and b.backend.startswith("cpu-")
@@ -198,7 +200,7 @@ def test_every_op_builds_and_runs_on_cpu(op):
                    ffn=512, layers=1)
     shapes.update(dense_decoder=decoder, dense_decoder_prealloc=decoder, decoder_framework=decoder)
     shapes.update({routed: dict(decoder, sparsity_pct=50) for routed in ROUTED_DECODER_OPS.values()})
-    bench = ops.build(op, shapes.get(op, dict(numel=3 * 4096)), torch.float32, torch.device("cpu"))
+    bench = benches.build(op, shapes.get(op, dict(numel=3 * 4096)), torch.float32, torch.device("cpu"))
     out = bench.fn()
     if op in ROUTED_DECODER_OPS.values():  # one decode step's hidden states, no LM head
         assert out.shape == (1, 1, 256) and torch.isfinite(out).all()
@@ -216,7 +218,7 @@ def test_every_op_builds_and_runs_on_cpu(op):
 
 
 def test_rope_is_hf_rotate_half():
-    bench = ops.build("rope", dict(numel=2 * 32 * 128), torch.float64, torch.device("cpu"))
+    bench = benches.build("rope", dict(numel=2 * 32 * 128), torch.float64, torch.device("cpu"))
     cells = dict(zip(bench.fn.__code__.co_freevars, (c.cell_contents for c in bench.fn.__closure__)))
     x, cos, sin = cells["x"], cells["cos"], cells["sin"]
     x1, x2 = x[..., :64], x[..., 64:]
@@ -231,7 +233,7 @@ def test_cold_weights_continue_where_the_previous_bench_stopped(monkeypatch):
     ops.clear_cache()
     try:
         cpu = torch.device("cpu")
-        first = ops.build("gemm", dict(m=2, n=64, k=64), torch.float32, cpu)
+        first = benches.build("gemm", dict(m=2, n=64, k=64), torch.float32, cpu)
         cells = dict(zip(first.fn.__code__.co_freevars, (c.cell_contents for c in first.fn.__closure__)))
         ptrs = [cells["nxt"]().data_ptr() for _ in range(20)]
         nxt = ops._cold_weights(64, 64, torch.float32, cpu)
@@ -243,8 +245,8 @@ def test_cold_weights_continue_where_the_previous_bench_stopped(monkeypatch):
 
 
 def test_2to4_is_unsupported_on_cpu():
-    with pytest.raises(ops.Unsupported):
-        ops.build("gemm_2to4", dict(m=8, n=256, k=256), torch.bfloat16, torch.device("cpu"))
+    with pytest.raises(Unsupported):
+        benches.build("gemm_2to4", dict(m=8, n=256, k=256), torch.bfloat16, torch.device("cpu"))
 
 
 def test_cpu_timer_measures_a_known_sleep():
@@ -254,8 +256,8 @@ def test_cpu_timer_measures_a_known_sleep():
     assert 3 <= t.repeats <= 10  # adaptive: ~0.03 s / 3 ms
 
 
-def test_summarize_percentiles():
-    t = summarize([1e-6 * x for x in range(1, 102)])
+def test_summarize_samples_percentiles():
+    t = summarize_samples([1e-6 * x for x in range(1, 102)])
     assert (t.p10_us, t.median_us, t.p90_us, t.repeats) == pytest.approx((11.0, 51.0, 91.0, 101))
 
 
@@ -340,7 +342,7 @@ def test_other_config_refused_unless_force(tiny_profile, tmp_path):
     (["--dtype", "int8"], "unknown dtype"),
     (["--threads", "0"], "--threads"),
     (["--time-budget", "-1"], "--time-budget"),
-    (["--context-passes", "0"], "--context-passes"),
+    (["--decoder-passes", "0"], "--decoder-passes"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     _assert_one_line_error(run_cli("--out", tmp_path / "p.parquet", *args), needle)
@@ -485,7 +487,7 @@ def test_recheck_remeasures_a_point_hit_by_interference():
     from types import SimpleNamespace
 
     from pis.calibrate.runner import _point_row, _recheck
-    from pis.calibrate.grid import point
+    from pis.calibrate.point import point
 
     rows = []
     for m in (1, 8, 64):
@@ -516,9 +518,9 @@ def test_benches_that_opt_out_of_graphs_are_timed_eagerly(monkeypatch):
     timer.measure(lambda: None, graphs=False)
     assert asked == [True, False]
     seen = {}
-    monkeypatch.setattr(ops, "build", lambda op, shape, dtype, device: ops.Bench(lambda: None, "fake", graphs=False))
-    monkeypatch.setattr(Recording, "measure", lambda self, fn, **kw: seen.update(kw) or summarize([1e-6] * 3))
-    from pis.calibrate.grid import point
+    monkeypatch.setattr(benches, "build", lambda op, shape, dtype, device: ops.Bench(lambda: None, "fake", graphs=False))
+    monkeypatch.setattr(Recording, "measure", lambda self, fn, **kw: seen.update(kw) or summarize_samples([1e-6] * 3))
+    from pis.calibrate.point import point
     from pis.calibrate.runner import measure_point
 
     row = measure_point(point("gemm", m=1, n=8, k=8), "fp32", torch.device("cpu"), timer)
@@ -547,16 +549,16 @@ def test_every_grid_measures_host_glue_first():
 
 
 def test_whole_decoder_points_are_measured_in_passes_spread_over_the_run():
-    from pis.calibrate.grid import context_passes, schedule
+    from pis.calibrate.grid import decoder_passes, schedule
 
-    assert (context_passes("quick", "cpu"), context_passes("tiny", "cpu"), context_passes("default", "cuda")) == (3, 1, 1)
+    assert (decoder_passes("quick", "cpu"), decoder_passes("tiny", "cpu"), decoder_passes("default", "cuda")) == (3, 1, 1)
     points = build_grid("quick", "cpu", "fp32").points
     assert schedule(points, 1) == [(p, 0) for p in points]
     tasks = schedule(points, 3)
-    ctx = [p for p in points if p.op in CONTEXT_OPS]
+    ctx = [p for p in points if p.op in WHOLE_DECODER_OPS]
     assert len(tasks) == len(points) + 2 * len(ctx)
     for p in points:
-        assert sorted(k for q, k in tasks if q == p) == ([0, 1, 2] if p.op in CONTEXT_OPS else [0])
+        assert sorted(k for q, k in tasks if q == p) == ([0, 1, 2] if p.op in WHOLE_DECODER_OPS else [0])
     # First pass right after the tier-0 scalars, the second in the points' place, the last at the end.
     assert [p.op for p, _ in tasks[:2]] == ["overhead", "host_glue"]
     assert tasks[2:2 + len(ctx)] == [(p, 0) for p in ctx]
@@ -583,32 +585,32 @@ def test_median_pass_keeps_one_measurement_whole():
 def test_passes_resume_without_repeating_or_losing_one(tmp_path):
     out = tmp_path / "passes.parquet"
     msgs: list[str] = []
-    opts = dict(out=out, grid="tiny", threads=1, progress=False, only=("dense_decoder",), context_passes=3)
+    opts = dict(out=out, grid="tiny", threads=1, progress=False, only=("dense_decoder",), decoder_passes=3)
     n = len(build_grid("tiny", "cpu", "fp32", only=["dense_decoder"]).points)
     first = calibrate(RunOptions(**opts, time_budget_min=0.4 / 60, point_delay_s=0.1), echo=msgs.append)
     assert first.status == "time_budget" and 0 < first.measured < 3 * n
-    kept = read_profile(out).meta["context_passes"]
+    kept = read_profile(out).meta["decoder_passes"]
     second = calibrate(RunOptions(**opts), echo=msgs.append)
     assert second.status == "complete" and first.measured + second.measured == 3 * n
     prof = load_profile(out)
-    passes = prof.meta["context_passes"]
+    passes = prof.meta["decoder_passes"]
     assert len(passes) == n and all(len(v) == 3 for v in passes.values())
     for key, timings in kept.items():  # what the first run measured is kept as it was
         assert passes[key][:len(timings)] == timings
     for r in prof.rows.to_dict("records"):
         meds = sorted(t["median_us"] for t in passes[json.dumps(list(row_key(r)))])
         assert r["median_us"] == meds[1]
-    assert prof.meta["grid_params"]["context_passes"] == 3
+    assert prof.meta["grid_params"]["decoder_passes"] == 3
     shown = CliRunner().invoke(profile_main, ["info", str(out)])
     assert shown.exit_code == 0 and f"{n} whole-decoder points x 3 passes" in shown.output
     # Rerunning a complete file is a no-op, whatever the passes asked for now.
-    again = calibrate(RunOptions(**{**opts, "context_passes": 5}), echo=msgs.append)
+    again = calibrate(RunOptions(**{**opts, "decoder_passes": 5}), echo=msgs.append)
     assert again.status == "already_complete"
 
 
 def test_cpu_kv_concat_times_the_copy_into_one_preallocated_tensor():
     # A fresh output over 32 MiB faults in its pages or not depending on what the process freed
     # before; the row must be the copy alone (the simulator adds first-touch cost itself).
-    bench = ops.build("kv_concat", dict(numel=4 * 4096), torch.float32, torch.device("cpu"))
+    bench = benches.build("kv_concat", dict(numel=4 * 4096), torch.float32, torch.device("cpu"))
     a, b = bench.fn(), bench.fn()
     assert a.data_ptr() == b.data_ptr() and bench.backend.endswith("-out")

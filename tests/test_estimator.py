@@ -139,7 +139,7 @@ def test_launch_floor_on_cuda_only(make_synthetic, est):
     assert cuda.launch_floor and not est.launch_floor
     tiny = {"numel": 1024}
     pred = cuda.predict("add", tiny)
-    assert float(pred.kernel_us) < DISPATCH_US and float(pred.time_us) == DISPATCH_US == cuda.overhead_us
+    assert float(pred.kernel_us) < DISPATCH_US and float(pred.time_us) == DISPATCH_US == cuda.launch_us_per_op
     cpu = est.predict("add", tiny)
     assert float(cpu.time_us) == float(cpu.kernel_us)
 

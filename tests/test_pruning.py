@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from pis.errors import PisError
 from pis.profiles.schema import op_flops
-from pis.simulator.host import HOST_OP
-from pis.simulator.estimator import Estimator
-from pis.simulator.models import PRESETS, ModelSpec, load_model
+from pis.models import PRESETS, ModelSpec, load_model
+from pis.pruned import (PruneOptions, calibration_shapes, layers_kept, lowrank_rank, pruned_ffn, pruned_heads,
+                        pruned_hidden)
+from pis.simulator.api import Simulator
+from pis.simulator.dispatch import GLUE_OP
 from pis.simulator.points import Points
-from pis.simulator.pruning import (FAMILIES, PruneOptions, build_ops, calibration_shapes, layers_kept,
-                                   lowrank_rank, pruned_ffn, pruned_heads, pruned_hidden)
+from pis.simulator.pruning import FAMILIES, build_ops
 from pis.simulator.sweep import sweep
 
 SPEC = PRESETS["llama-3.1-8b"]
@@ -26,7 +27,7 @@ def total_flops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | 
     n = len(pts)
     out = np.zeros(n)
     for g in build_ops(method, spec, pts, opts):
-        if g.op == HOST_OP:  # framework glue: no kernel, no FLOPs
+        if g.op == GLUE_OP:  # loop glue: no kernel, no FLOPs
             continue
         shape = {k: np.broadcast_to(v, (n,)) for k, v in g.shape.items()}
         out += np.broadcast_to(g.count * g.work_scale, (n,)) * op_flops(g.op, shape)
@@ -56,7 +57,7 @@ def test_dense_prefill_flops_match_analytic_count() -> None:
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 @pytest.mark.parametrize("method", list(FAMILIES))
 def test_sparsity_zero_is_dense(method: str, phase: str, synthetic) -> None:
-    est = Estimator(synthetic.profile, allow_roofline=True)
+    est = Simulator(synthetic.profile, allow_roofline=True)
     for name in PRESETS:
         df = sweep(est, [PRESETS[name]], ["dense", method], [0.0], [phase], [1, 8], [512], [2048])
         dense, fam = df[df.method == "dense"], df[df.method == method]
@@ -66,7 +67,7 @@ def test_sparsity_zero_is_dense(method: str, phase: str, synthetic) -> None:
 
 @pytest.mark.parametrize("method", list(FAMILIES))
 def test_every_family_simulates_every_preset(method: str, synthetic) -> None:
-    est = Estimator(synthetic.profile, allow_roofline=True)
+    est = Simulator(synthetic.profile, allow_roofline=True)
     hi = 0.5 if method == "semi-structured" else 0.75
     df = sweep(est, list(PRESETS.values()), [method], [0.25, hi], ["prefill", "decode"], [1, 16], [256], [1024])
     assert len(df) == (len(PRESETS) * 2 * 2 * 2 if method != "dense" else len(PRESETS) * 2 * 2)
@@ -111,7 +112,7 @@ def test_latency_non_increasing_where_family_guarantees(synthetic_est, method, p
 @pytest.fixture(scope="module")
 def synthetic_est():
     from conftest import make_synthetic
-    return Estimator(make_synthetic().profile, allow_roofline=True)
+    return Simulator(make_synthetic().profile, allow_roofline=True)
 
 
 def test_static_depth_counts_layers_and_sublayers() -> None:
@@ -148,7 +149,7 @@ def test_semi_structured_uses_24_gemms_on_2s_of_layers() -> None:
 def test_semi_structured_needs_24_ops_in_profile(synthetic) -> None:
     from pis.errors import MissingOpError
     with pytest.raises(MissingOpError, match="gemm_2to4"):
-        sweep(Estimator(synthetic.profile), [SPEC], ["semi-structured"], [0.5], ["decode"], [1], [1], [128])
+        sweep(Simulator(synthetic.profile), [SPEC], ["semi-structured"], [0.5], ["decode"], [1], [1], [128])
 
 
 def test_bad_sparsities_are_one_line_errors() -> None:
@@ -182,7 +183,7 @@ def test_layer_sparsity() -> None:
 
 
 def test_unstructured_has_no_speedup_but_a_flops_bound(synthetic) -> None:
-    df = sweep(Estimator(synthetic.profile), [SPEC], ["unstructured"], [0.5], ["prefill"], [1], [512], [0])
+    df = sweep(Simulator(synthetic.profile), [SPEC], ["unstructured"], [0.5], ["prefill"], [1], [512], [0])
     row = df.iloc[0]
     assert row.speedup == pytest.approx(1.0)
     assert row.flops_ratio > 1.9 and row.theoretical_speedup > 1.5

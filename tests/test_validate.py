@@ -17,17 +17,18 @@ pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from pis.calibrate import reference_decoder as rd  # noqa: E402
-from pis.calibrate.validate import (REPORT_COLUMNS, combine_rounds,  # noqa: E402
-                                    suite_configs, summarize, with_speedups)
-from pis.calibrate.timing import TimingConfig, measure_runner  # noqa: E402
-from pis.calibrate.validate_cli import main  # noqa: E402
-from pis.calibrate.validate_models import (PrunedLayer, Runner, Unsupported,  # noqa: E402
-                                           build_model)
+from pis.calibrate.timing import TimingConfig, measure_step  # noqa: E402
+from pis.errors import Unsupported  # noqa: E402
+from pis.executors import build_model  # noqa: E402
+from pis.executors import reference as rd  # noqa: E402
+from pis.executors.base import Step  # noqa: E402
+from pis.executors.hf import PrunedLayer  # noqa: E402
+from pis.models import ModelSpec  # noqa: E402
 from pis.profiles.store import write_profile  # noqa: E402
-from pis.simulator.models import ModelSpec  # noqa: E402
-from pis.simulator.pruning import (PruneOptions, layers_kept, lowrank_rank, pruned_ffn,  # noqa: E402
-                                   pruned_heads)
+from pis.pruned import PruneOptions, layers_kept, lowrank_rank, pruned_ffn, pruned_heads  # noqa: E402
+from pis.validate.cli import main  # noqa: E402
+from pis.validate.report import REPORT_COLUMNS, combine_rounds, summarize_report, with_speedups  # noqa: E402
+from pis.validate.suites import suite_configs  # noqa: E402
 
 SPEC = ModelSpec("test-tiny", hidden=128, ffn=256, layers=2, heads=4, kv_heads=2, head_dim=32, vocab=512)
 CPU = torch.device("cpu")
@@ -41,7 +42,7 @@ def _run(*args: str):
 
 def _fake_drift(monkeypatch, factor: float) -> None:
     """Probe points 're-measure' at ``factor`` x their stored time (no real timing)."""
-    import pis.calibrate.drift as drift
+    import pis.validate.drift as drift
 
     def fake(p, dtype, device, timer, warn=None):
         stored = {(op, tuple(sorted(sh.items()))): us for op, sh, us in drift.probe_rows(prof, dtype)}
@@ -64,7 +65,7 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
     res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
-    configs = suite_configs("tiny", CPU)
+    configs = suite_configs("tiny", "cpu")
     assert list(df.columns) == list(REPORT_COLUMNS)
     assert len(df) == len(configs) >= 2
     assert (df["status"] == "ok").all()
@@ -86,7 +87,7 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
 
 
 def test_profile_without_probe_points_validates_without_drift(synthetic_file, tmp_path, monkeypatch):
-    import pis.calibrate.drift as drift
+    import pis.validate.drift as drift
     monkeypatch.setattr(drift, "PROBE_RANGE_US", (1e12, 2e12))  # no stored row is that slow
     out = tmp_path / "report.csv"
     res = _run("--device", "cpu", "--profile", synthetic_file, "--suite", "tiny", "--out", str(out))
@@ -97,7 +98,7 @@ def test_profile_without_probe_points_validates_without_drift(synthetic_file, tm
 
 
 def test_drift_probe_remeasures_profile_points_on_the_cpu():
-    from pis.calibrate.drift import PROBE_OPS, measure_drift, probe_rows
+    from pis.validate.drift import PROBE_OPS, measure_drift, probe_rows
     from pis.calibrate.grid import point
     from pis.calibrate.runner import measure_point
     from pis.calibrate.timing import make_timer, TimingConfig
@@ -183,7 +184,7 @@ def test_measure_calls_setup_before_every_repeat():
         calls["step"] += 1
 
     effort = TimingConfig(warmup=1, min_repeats=4, max_repeats=4, retries=0)
-    med, p10, p90, n = measure_runner(Runner(step, setup), CPU, effort)
+    med, p10, p90, n = measure_step(Step(step, setup), CPU, effort)
     assert n == 4 and calls["step"] == 5 and p10 <= med <= p90
 
 
@@ -191,11 +192,11 @@ def test_cpu_measure_evicts_the_cache_between_setup_and_step(monkeypatch):
     import pis.calibrate.timing as timing
     order = []
     monkeypatch.setattr(timing, "_cpu_flush", lambda: lambda: order.append("flush"))
-    runner = Runner(lambda: order.append("step"), lambda: order.append("setup"))
-    measure_runner(runner, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0, flush_cache=True))
+    step = Step(lambda: order.append("step"), lambda: order.append("setup"))
+    measure_step(step, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0, flush_cache=True))
     assert order == ["setup", "flush", "step"] * 4
     order.clear()
-    measure_runner(runner, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0))
+    measure_step(step, CPU, TimingConfig(warmup=1, min_repeats=3, max_repeats=3, retries=0))
     assert "flush" not in order
 
 
@@ -221,7 +222,7 @@ def test_summary_per_family_and_overall():
                         "error_pct": [10.0, -30.0, 5.0, np.nan],
                         "ops_error_pct": [-20.0, -40.0, 1.0, np.nan],
                         "status": ["ok", "ok", "ok", "skipped: x"]})
-    s = summarize(rep).set_index("method")
+    s = summarize_report(rep).set_index("method")
     assert s.loc["a", "median_abs_error_pct"] == 20.0 and s.loc["a", "max_abs_error_pct"] == 30.0
     assert s.loc["a", "ops_median_abs_error_pct"] == 30.0 and s.loc["overall", "ops_max_abs_error_pct"] == 40.0
     assert s.loc["b", "n"] == 1 and s.loc["overall", "n"] == 3
@@ -245,13 +246,13 @@ def test_speedups_pair_each_pruned_row_with_its_dense_counterpart():
     assert out.loc[1, "speedup_error_pct"] == pytest.approx(100 * ((12 / 6.6) / 2.0 - 1))
     assert out.loc[3, "predicted_speedup"] == 1.6 and out.loc[3, "speedup_error_pct"] == pytest.approx(-20.0)
     assert out.loc[[0, 2, 4, 5], "speedup_error_pct"].isna().all()
-    s = summarize(out).set_index("method")
+    s = summarize_report(out).set_index("method")
     assert s.loc["overall", "speedup_max_abs_error_pct"] == pytest.approx(20.0)
     assert np.isnan(s.loc["dense", "speedup_median_abs_error_pct"])
     # The printed table shows measured/predicted speedup and its error where there is one.
-    from pis.calibrate.validate_cli import format_table
+    from pis.validate.report import format_table
     table = format_table(out.assign(config=[f"c{i}" for i in range(len(out))], extrapolated=False,
-                                    context_factor=1.0)).splitlines()
+                                    in_model_factor=1.0)).splitlines()
     assert "2.00/1.82" in table[3] and "-9.1" in table[3]
     assert "1.60" not in table[2] and "/" not in table[2]  # dense: no speedup of its own
 
@@ -264,8 +265,8 @@ def _logits(out):
 
 def test_reference_executor_keeps_the_predicted_cache_discipline():
     """The reference decoder is predicted with --kv-cache preallocated, so it writes in place."""
-    from pis.simulator.pruning import PruneOptions
-    cfg = next(c for c in suite_configs("full", CPU) if c.reference and c.phase == "decode")
+    from pis.pruned import PruneOptions
+    cfg = next(c for c in suite_configs("full", "cpu") if c.reference and c.phase == "decode")
     assert cfg.options().kv_cache == "preallocated"
     for kv, extra in (("preallocated", 1), ("concat", 0)):
         m = build_model(SPEC, "dense", 0.0, CPU, torch.float32, PruneOptions(kv_cache=kv), reference_dense=True)
@@ -276,13 +277,13 @@ def test_reference_executor_keeps_the_predicted_cache_discipline():
 @pytest.mark.parametrize("method", ["dense", "dynamic-depth", "sparse-attention", "dynamic-width"])
 def test_every_reference_family_decodes_as_the_suite_builds_it(method):
     """Built with the options the suite predicts them with (in-place caches), every family steps."""
-    cfg = next(c for c in suite_configs("full", CPU) if c.backend == "reference" and c.phase == "decode"
+    cfg = next(c for c in suite_configs("full", "cpu") if c.backend == "reference" and c.phase == "decode"
                and c.method == method)
     m = build_model(SPEC, method, cfg.sparsity, CPU, torch.float32, cfg.options(), reference_dense=cfg.reference)
-    r = m.runner("decode", 2, 1, 40)
+    r = m.step("decode", 2, 1, 40)
     with torch.inference_mode():
         r.setup()
-        assert tuple(_logits(r.step()).shape) == (2, 1, SPEC.vocab)
+        assert tuple(_logits(r.run()).shape) == (2, 1, SPEC.vocab)
 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
@@ -296,10 +297,10 @@ def test_reference_dense_matches_hf_shapes(phase):
     shapes = []
     with torch.inference_mode():
         for m in (hf, ref):
-            r = m.runner(phase, 3, 40, 70)
+            r = m.step(phase, 3, 40, 70)
             if r.setup:
                 r.setup()
-            shapes.append(tuple(_logits(r.step()).shape))
+            shapes.append(tuple(_logits(r.run()).shape))
     assert shapes[0] == shapes[1] == (3, 1, SPEC.vocab)
 
 
@@ -433,7 +434,7 @@ def test_tiny_suite_on_cuda(make_synthetic, tmp_path):
 
 
 def test_drift_probe_leaves_out_rows_that_allocate_past_the_mmap_threshold():
-    from pis.calibrate.drift import probe_rows
+    from pis.validate.drift import probe_rows
     from pis.profiles.store import Profile
 
     def row(op, us, **shape):

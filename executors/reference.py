@@ -1,6 +1,6 @@
 """A small reference decoder in plain PyTorch that really executes the dynamic pruning families.
 
-Static families run through Hugging Face (see :mod:`pis.calibrate.validate_models`); the
+Static families run through Hugging Face (:mod:`pis.executors.hf`); the
 dynamic ones (``dynamic-depth``, ``sparse-attention``, ``dynamic-width``) need routing that
 HF models do not have, so this module implements them op by op after ``simulator/FAMILIES.md``:
 router GEMMs, ``torch.topk``, ``index_select`` gathers, compute on the kept tokens only and
@@ -19,7 +19,6 @@ sparse attention picks blocks per KV head so that the gathered K/V stay at KV-he
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from pis.errors import PisError
-from pis.simulator.models import ModelSpec
+from pis.executors.base import ModelUnderTest, Step, token_ids
+from pis.models import ModelSpec
+from pis.pruned import ROUTED_FAMILIES, PruneOptions, ceil_int
 
 #: The families this decoder implements (``dense`` is the cross-check path).
-ROUTED_FAMILIES: tuple[str, ...] = ("dynamic-depth", "sparse-attention", "dynamic-width")
 FAMILIES: tuple[str, ...] = ("dense",) + ROUTED_FAMILIES
 
 
 def _ceil(x: float) -> int:
-    # Same tolerance as the simulator's rounding, so kept counts agree exactly.
-    return int(math.ceil(x - 1e-9))
+    # The simulator's rounding (pis.pruned), so kept counts agree exactly.
+    return int(ceil_int(x))
 
 
 @dataclass(frozen=True)
@@ -404,3 +404,43 @@ class RefDecoder(nn.Module):
         else:
             shape = (batch, g, context, hd)
         return [(torch.randn(shape, **kw), torch.randn(shape, **kw)) for _ in self.layers]
+
+
+# --- the executor: timed steps of a built reference decoder -----------------------------------
+
+class RefModel(ModelUnderTest):
+    """The reference decoder; decode gets fresh random caches before every step."""
+
+    backend = "reference"
+
+    def __init__(self, model: RefDecoder, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    def step(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Step:
+        """``logits=False`` leaves out the LM head (the whole-decoder profile rows)."""
+        m, spec = self.model, self.model.spec
+        if phase == "prefill":
+            ids = token_ids(spec.vocab, batch, seq_len, self.device)
+            return Step(lambda: m.prefill(ids, logits=logits))
+        ids = token_ids(spec.vocab, batch, 1, self.device)
+        template = m.make_caches(batch, context, generator=None)
+        state: dict = {}
+
+        def setup() -> None:
+            # The routed steps write the new token into the cache in place; refresh the copies.
+            state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
+
+        return Step(lambda: m.decode(ids, state["caches"], context, logits=logits), setup)
+
+
+def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device,
+                    dtype: torch.dtype, opts: PruneOptions) -> RefModel:
+    """The reference decoder of ``method`` at sparsity ``s`` (random weights, eval)."""
+    torch.manual_seed(0)
+    # The executor keeps the cache discipline the prediction assumes: --kv-cache preallocated
+    # (what Config.options asks for the reference decoder) writes the new token in place.
+    ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups,
+                          inplace_cache=opts.kv_cache == "preallocated")
+    with torch.device(device):
+        model = RefDecoder(spec, method, s, ref_opts)
+    return RefModel(model.to(dtype).eval(), device)

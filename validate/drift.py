@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pis.allocator import FRESH_ALLOC_THRESHOLD
 from pis.calibrate import ops
-from pis.calibrate.grid import GRID_NAMES, point, timing_config
+from pis.calibrate.grid import GRID_NAMES, timing_config
+from pis.calibrate.point import point
 from pis.calibrate.runner import measure_point
 from pis.calibrate.timing import make_timer
 from pis.profiles.schema import DTYPE_BYTES, OPS, STATUS_OK
@@ -70,8 +72,6 @@ def probe_rows(profile: Profile, dtype: str, per_op: int = 2) -> list[tuple[str,
     freed before, not on the machine's speed (the shipped CPU profile's 32 MiB RMSNorm row,
     4.7 ms at calibration, re-measured at 23.9 ms in a fresh process).
     """
-    from pis.simulator.context import FRESH_ALLOC_THRESHOLD
-
     itemsize = DTYPE_BYTES[dtype]
     rows = profile.rows
     rows = rows[(rows["status"] == STATUS_OK) & (rows["dtype"] == dtype)

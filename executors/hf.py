@@ -1,13 +1,10 @@
-"""Real pruned models with random weights, ready to time one prefill or one decode step.
+"""Hugging Face executors: the static families as transformers models with random weights.
 
 Static families run through Hugging Face ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` built from
-a config derived from the :class:`ModelSpec` (pruned dimensions use the simulator's own rounding
-helpers, so the model that runs is the model that is predicted). Dynamic families run through
-:class:`pis.calibrate.reference_decoder.RefDecoder`, which really routes tokens.
-
-``build_model(...)`` returns a :class:`ModelUnderTest`; ``.runner(phase, batch, seq, context)``
-gives the zero-argument ``step`` to time and an untimed ``setup`` to call before every repeat
-(decode: a fresh KV cache of exactly ``context`` tokens, so every step sees the same length).
+a config derived from the :class:`ModelSpec`; pruned dimensions come from :mod:`pis.pruned`, so
+the model that runs is the model that is predicted. ``.step(phase, batch, seq, context)`` gives
+the zero-argument call to time and an untimed ``setup`` to run before every repeat (decode: a
+fresh KV cache of exactly ``context`` tokens, so every step sees the same length).
 """
 
 from __future__ import annotations
@@ -17,42 +14,16 @@ import inspect
 import torch
 from torch import nn
 
-from pis.errors import PisError
-from pis.calibrate.ops import mask_2to4
-from pis.calibrate.timing import Runner
-from pis.calibrate.reference_decoder import ROUTED_FAMILIES, RefDecoder, RefOptions
-from pis.simulator.models import ModelSpec
-from pis.simulator.pruning import (PruneOptions, layers_kept, layers_removed, lowrank_rank,
-                                   pruned_ffn, pruned_heads, pruned_hidden)
+from pis.errors import PisError, Unsupported
+from pis.executors.base import PROJECTIONS, ModelUnderTest, Step, mask_2to4, token_ids
+from pis.models import ModelSpec
+from pis.pruned import (PruneOptions, layers_kept, layers_removed, lowrank_rank, pruned_ffn, pruned_heads,
+                        pruned_hidden)
 
 #: Families built through Hugging Face transformers.
 HF_FAMILIES: tuple[str, ...] = ("dense", "static-depth", "static-width", "static-width-hidden",
                                 "low-rank", "unstructured", "semi-structured")
-SUPPORTED: tuple[str, ...] = HF_FAMILIES + ROUTED_FAMILIES
-#: Linear layers of one decoder layer (attribute paths).
-PROJECTIONS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
-
-class Unsupported(Exception):
-    """This configuration cannot run on this device (reported as skipped, not an error)."""
-
-
-class ModelUnderTest:
-    """A built model that can produce runners for prefill and decode."""
-
-    backend: str = ""
-
-    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
-        raise NotImplementedError
-
-
-def token_ids(vocab: int, batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, length), generator=g).to(device)
-
-
-# --- Hugging Face (static families) ----------------------------------------------------------
 
 class PrunedLayer(nn.Module):
     """Wraps an HF decoder layer: skip its attention and/or MLP sublayer, or add SliceGPT's
@@ -124,11 +95,11 @@ class HfModel(ModelUnderTest):
                  torch.randn(shape, generator=g).to(p.device, p.dtype))
                 for _ in range(cfg.num_hidden_layers)]
 
-    def runner(self, phase: str, batch: int, seq_len: int, context: int) -> Runner:
+    def step(self, phase: str, batch: int, seq_len: int, context: int) -> Step:
         model = self.model
         if phase == "prefill":
             ids = token_ids(self.config.vocab_size, batch, seq_len, self.device)
-            return Runner(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1))
+            return Step(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1))
         from transformers import DynamicCache
         kv = self.kv_tensors(batch, context)
         ids = token_ids(self.config.vocab_size, batch, 1, self.device)
@@ -140,7 +111,7 @@ class HfModel(ModelUnderTest):
         def step() -> object:
             return model(input_ids=ids, use_cache=True, **{self.cache_kw: state["cache"]})
 
-        return Runner(step, setup)
+        return Step(step, setup)
 
 
 def _static_config(spec: ModelSpec, method: str, s: float, opts: PruneOptions) -> dict[str, int]:
@@ -210,55 +181,3 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
         except (RuntimeError, ValueError, NotImplementedError) as err:
             raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
     return HfModel(model, cfg, device)
-
-
-# --- reference decoder (dynamic families) ------------------------------------------------------
-
-class RefModel(ModelUnderTest):
-    """The reference decoder; decode gets fresh random caches before every step."""
-
-    backend = "reference"
-
-    def __init__(self, model: RefDecoder, device: torch.device) -> None:
-        self.model, self.device = model, device
-
-    def runner(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Runner:
-        """``logits=False`` leaves out the LM head (the whole-decoder profile rows)."""
-        m, spec = self.model, self.model.spec
-        if phase == "prefill":
-            ids = token_ids(spec.vocab, batch, seq_len, self.device)
-            return Runner(lambda: m.prefill(ids, logits=logits))
-        ids = token_ids(spec.vocab, batch, 1, self.device)
-        template = m.make_caches(batch, context, generator=None)
-        state: dict = {}
-
-        def setup() -> None:
-            # The routed steps write the new token into the cache in place; refresh the copies.
-            state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
-
-        return Runner(lambda: m.decode(ids, state["caches"], context, logits=logits), setup)
-
-
-def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device,
-                    dtype: torch.dtype, opts: PruneOptions) -> RefModel:
-    """The reference decoder of ``method`` at sparsity ``s`` (random weights, eval)."""
-    torch.manual_seed(0)
-    # The executor keeps the cache discipline the prediction assumes: --kv-cache preallocated
-    # (what Config.options asks for the reference decoder) writes the new token in place.
-    ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups,
-                          inplace_cache=opts.kv_cache == "preallocated")
-    with torch.device(device):
-        model = RefDecoder(spec, method, s, ref_opts)
-    return RefModel(model.to(dtype).eval(), device)
-
-
-def build_model(spec: ModelSpec, method: str, sparsity: float, device: torch.device,
-                dtype: torch.dtype, opts: PruneOptions | None = None,
-                reference_dense: bool = False) -> ModelUnderTest:
-    """The real model of ``method``; ``reference_dense`` runs ``dense`` on the reference decoder."""
-    opts = opts or PruneOptions()
-    if method not in SUPPORTED:
-        raise PisError(f"pis-validate cannot build {method!r}; it builds {', '.join(SUPPORTED)}")
-    if method in ROUTED_FAMILIES or (method == "dense" and reference_dense):
-        return build_reference(spec, method, sparsity, device, dtype, opts)
-    return build_hf(spec, method, sparsity, device, dtype, opts)

@@ -1,4 +1,4 @@
-"""The in-context factor: measured whole dense decoders / their predicted op sums."""
+"""The in-model correction: measured whole decoders against their predicted op sums."""
 
 from __future__ import annotations
 
@@ -9,10 +9,18 @@ import pytest
 
 from pis.profiles.schema import SHAPE_COLUMNS_SINCE_V2, op_bytes, op_flops
 from pis.profiles.store import Profile, normalize_rows, read_profile, write_profile
-from pis.simulator.context import decoder_op_sum
-from pis.simulator.estimator import Estimator
-from pis.simulator.models import ModelSpec
+from pis.models import ModelSpec
+from pis.simulator.api import Simulator
+from pis.simulator.inmodel.rows import decoder_sums
+from pis.simulator.opsum import OpSums
 from pis.simulator.sweep import sweep
+
+def decoder_op_sum(sim: Simulator, spec: ModelSpec, phase: str, batch: int, length: int, kv_cache: str = "concat",
+                   method: str = "dense", sparsity: float = 0.0) -> tuple[float, float, float]:
+    """(op sum µs, dispatches, loop-glue dispatches) of one whole decoder without its LM head."""
+    sums = decoder_sums(sim.estimator, spec, phase, np.array([batch]), np.array([length]), kv_cache, method, sparsity)
+    return float(sums.op_sum_us[0]), float(sums.dispatches[0]), float(sums.glue_dispatches[0])
+
 
 SPEC = ModelSpec("ctx-test", hidden=1024, ffn=2816, layers=4, heads=16, kv_heads=4, head_dim=64, vocab=8192)
 DIMS = dict(hidden=1024, ffn=2816, heads=16, kv_heads=4, head_dim=64, layers=2)
@@ -34,7 +42,7 @@ DECODE = {(b, c): float(decode_law(b, c)) for b in (1, 4) for c in (128, 1024)}
 def _with_decoders(synthetic, decode: dict | None = None) -> Profile:
     """The synthetic profile plus dense_decoder rows whose measured time is factor x op sum."""
     decode = DECODE if decode is None else decode
-    est = Estimator(synthetic.profile)
+    est = Simulator(synthetic.profile)
     spec = ModelSpec("d", vocab=1, **DIMS)
     rows = []
     for tokens, f in PREFILL.items():
@@ -59,18 +67,25 @@ def _add_decoder_rows(base: Profile, op: str, rows: list[dict]) -> Profile:
 
 
 @pytest.fixture(scope="module")
-def ctx_est(synthetic) -> Estimator:
-    return Estimator(_with_decoders(synthetic))
+def ctx_est(synthetic) -> Simulator:
+    return Simulator(_with_decoders(synthetic))
 
 
-def _run(est, phase, batches, seqs, ctxs, in_context=True, methods=("dense",), sparsities=(0.0,)):
+def _run(est, phase, batches, seqs, ctxs, in_model=True, methods=("dense",), sparsities=(0.0,)):
     return sweep(est, [SPEC], list(methods), list(sparsities), [phase], batches, seqs, ctxs,
-                 in_context=in_context)
+                 in_model=in_model)
+
+
+def _sums(op_sum_us: float, dispatches: float, n: int = 3) -> OpSums:
+    """Op sums of ``n`` design points with no GEMMs, no LM head, no glue and no fresh allocations."""
+    zeros = np.zeros(n)
+    return OpSums(np.full(n, op_sum_us), zeros, zeros, zeros, np.zeros(n, dtype=bool), np.zeros((3, n)),
+                  dispatches=np.full(n, dispatches), glue_dispatches=zeros, head_us=zeros, fresh_bytes=zeros)
 
 
 def _head_ms(est, df, spec=SPEC) -> np.ndarray:
     """The LM head's op time (ms) at each row of a sweep (one token per sequence)."""
-    return np.array([float(est.predict("gemm", {"m": b, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
+    return np.array([float(est.estimator.predict("gemm", {"m": b, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
                      for b in df["batch"]])
 
 
@@ -78,15 +93,15 @@ def _factors(est, df, spec=SPEC) -> np.ndarray:
     """The in-context factor each row's layers got: (latency − head) / (op sum − head), the
     LM head being priced unscaled (no whole-decoder row includes it)."""
     head = _head_ms(est, df, spec)
-    op_sum = df["latency_ms"].to_numpy() / df["context_factor"].to_numpy()
+    op_sum = df["latency_ms"].to_numpy() / df["in_model_factor"].to_numpy()
     return (df["latency_ms"].to_numpy() - head) / (op_sum - head)
 
 
 def test_no_decoder_rows_means_factor_one(synthetic):
-    est = Estimator(synthetic.profile)
+    est = Simulator(synthetic.profile)
     with_ctx = _run(est, "prefill", [1, 4], [128, 512], [1])
-    plain = _run(est, "prefill", [1, 4], [128, 512], [1], in_context=False)
-    assert (with_ctx["context_factor"] == 1.0).all()
+    plain = _run(est, "prefill", [1, 4], [128, 512], [1], in_model=False)
+    assert (with_ctx["in_model_factor"] == 1.0).all()
     np.testing.assert_allclose(with_ctx["latency_ms"], plain["latency_ms"])
 
 
@@ -106,7 +121,7 @@ def test_fit_smooths_a_noisy_point(synthetic):
     rows = prof.rows.copy()
     hit = (rows["op"] == "dense_decoder") & (rows["causal"] == 1) & (rows["q_len"] == 384)
     rows.loc[hit, "median_us"] *= 1.3
-    est = Estimator(Profile(rows=rows, meta=prof.meta))
+    est = Simulator(Profile(rows=rows, meta=prof.meta))
     f = _factors(est, _run(est, "prefill", [1], [384], [1]))[0]
     assert prefill_law(384) < f < 1.3 * prefill_law(384)
     assert f / prefill_law(384) < 1.15
@@ -115,12 +130,12 @@ def test_fit_smooths_a_noisy_point(synthetic):
 def test_latency_is_factor_times_layer_ops_plus_the_unscaled_head(ctx_est):
     kw = dict(methods=("static-width", "static-depth"), sparsities=(0.25, 0.5))
     a = _run(ctx_est, "prefill", [1, 2], [300, 1000], [1], **kw)
-    b = _run(ctx_est, "prefill", [1, 2], [300, 1000], [1], in_context=False, **kw)
+    b = _run(ctx_est, "prefill", [1, 2], [300, 1000], [1], in_model=False, **kw)
     head = _head_ms(ctx_est, b)
     law = prefill_law(np.clip(b["batch"] * b["seq_len"], 96, 1536))  # clamped to the measured tokens
     np.testing.assert_allclose(a["latency_ms"], law * (b["latency_ms"] - head) + head, rtol=1e-9)
-    np.testing.assert_allclose(a["context_factor"], a["latency_ms"] / b["latency_ms"], rtol=1e-9)
-    assert (a["context_factor"] > 1.0).all() and (b["context_factor"] == 1.0).all()
+    np.testing.assert_allclose(a["in_model_factor"], a["latency_ms"] / b["latency_ms"], rtol=1e-9)
+    assert (a["in_model_factor"] > 1.0).all() and (b["in_model_factor"] == 1.0).all()
     # The head is the same in every family, so a factor > 1 on the layers alone raises speedups.
     assert (a["speedup"] > b["speedup"]).all()
 
@@ -136,25 +151,25 @@ def test_decode_factor_fits_batch_and_context(ctx_est):
 
 def test_kv_cache_discipline_picks_its_own_rows(ctx_est):
     """The planted rows are HF (concat) rows; preallocated simulations have none: factor 1."""
-    from pis.simulator.pruning import PruneOptions
+    from pis.pruned import PruneOptions
     df = sweep(ctx_est, [SPEC], ["dense"], [0.0], ["decode"], [2], [1], [512],
                PruneOptions(kv_cache="preallocated"))
-    assert df["context_factor"].iloc[0] == 1.0
+    assert df["in_model_factor"].iloc[0] == 1.0
 
 
 def test_nearest_decoder_shape_is_used(ctx_est):
     other = SPEC.with_options(name="wide", hidden=8192, ffn=28672, heads=64, kv_heads=8, head_dim=128)
-    assert ctx_est.context.nearest_dims(other) == (1024, 2816, 16, 4, 64)
+    assert ctx_est.correction.laws.nearest_dims(other) == (1024, 2816, 16, 4, 64)
     df = sweep(ctx_est, [other], ["dense"], [0.0], ["prefill"], [1], [384], [1])
     assert _factors(ctx_est, df, other)[0] == pytest.approx(PREFILL[384], rel=1e-6)
 
 
 def test_op_sum_is_the_dense_decoder_without_lm_head(synthetic):
-    est = Estimator(synthetic.profile)
+    est = Simulator(synthetic.profile)
     spec = SPEC.with_options(layers=2)
     no_head = decoder_op_sum(est, spec, "prefill", 2, 256)[0]
-    full = sweep(est, [spec], ["dense"], [0.0], ["prefill"], [2], [256], [1], in_context=False)
-    head = float(est.predict("gemm", {"m": 2, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
+    full = sweep(est, [spec], ["dense"], [0.0], ["prefill"], [2], [256], [1], in_model=False)
+    head = float(est.estimator.predict("gemm", {"m": 2, "n": spec.vocab, "k": spec.hidden}).time_us) / 1e3
     assert no_head / 1e3 == pytest.approx(full["latency_ms"].iloc[0] - head, rel=1e-9)
 
 
@@ -176,7 +191,7 @@ def test_v1_profile_without_decoder_columns_still_reads(synthetic, tmp_path):
 
 
 def test_context_summary_lists_every_row(ctx_est):
-    summary = ctx_est.context.summary()
+    summary = ctx_est.correction.summary()
     assert len(summary) == len(PREFILL) + len(DECODE)
     assert {round(s["factor"], 6) for s in summary} == {round(v, 6) for v in [*PREFILL.values(), *DECODE.values()]}
 
@@ -187,7 +202,7 @@ def test_axes_with_one_measured_value_drop_out(synthetic):
     prof = _with_decoders(synthetic)
     rows = prof.rows
     keep = ~((rows["op"] == "dense_decoder") & (rows["causal"] == 0) & (rows["batch"] != 1))
-    est = Estimator(Profile(rows=rows[keep].reset_index(drop=True), meta=prof.meta))
+    est = Simulator(Profile(rows=rows[keep].reset_index(drop=True), meta=prof.meta))
     df = _run(est, "decode", [1, 8], [1], [128, 1024])
     f = dict(zip(zip(df["batch"], df["context_len"]), _factors(est, df)))
     assert f[(1, 128)] == pytest.approx(decode_law(1, 128), rel=1e-6)
@@ -207,8 +222,8 @@ def _with_routed(synthetic, family: str = "dynamic-width") -> Profile:
     from pis.profiles.schema import ROUTED_DECODER_OPS
 
     base = _with_decoders(synthetic)
-    est = Estimator(base)
-    floor = est.host_glue_us if est.host_glue_us is not None else est.overhead_us
+    est = Simulator(base)
+    floor = est.estimator.glue_us_per_dispatch if est.estimator.glue_us_per_dispatch is not None else est.estimator.launch_us_per_op
     spec = ModelSpec("d", vocab=1, **DIMS)
     rows = []
     for s in (0.25, 0.75):
@@ -222,8 +237,8 @@ def _with_routed(synthetic, family: str = "dynamic-width") -> Profile:
 def test_routed_family_takes_its_own_factor_from_its_rows(synthetic):
     from pis.simulator.points import Points
 
-    est = Estimator(_with_routed(synthetic))
-    ctx = est.context
+    est = Simulator(_with_routed(synthetic))
+    ctx = est.correction
     assert ctx.has_own_rows("dynamic-width") and not ctx.has_own_rows("dynamic-depth")
     pts = Points.make("prefill", 1, np.array([96, 384, 384, 384, 1536]), 1, np.array([0.25, 0.5, 0.75, 0.0, 0.6]))
     own = ctx.factor(SPEC, pts, "concat", "dynamic-width")
@@ -242,17 +257,17 @@ def test_routed_family_takes_its_own_factor_from_its_rows(synthetic):
 
 
 def test_sweep_uses_the_routed_factor_only_for_its_family(synthetic):
-    est = Estimator(_with_routed(synthetic))
+    est = Simulator(_with_routed(synthetic))
     df = _run(est, "prefill", [1], [384], [1], methods=("dense", "dynamic-width", "dynamic-depth"),
               sparsities=(0.5,)).set_index("method")
     assert _factors(est, df.loc[["dense"]])[0] == pytest.approx(prefill_law(384), rel=1e-6)
     # Another routed family without rows of its own: exactly as without dynamic width's rows.
-    before = _run(Estimator(_with_decoders(synthetic)), "prefill", [1], [384], [1], methods=("dynamic-depth",),
+    before = _run(Simulator(_with_decoders(synthetic)), "prefill", [1], [384], [1], methods=("dynamic-depth",),
                   sparsities=(0.5,))
     assert df.loc["dynamic-depth", "latency_ms"] == before["latency_ms"].iloc[0]
     # dynamic width's latency is its own factor x op sum, plus its loop glue
     assert _factors(est, df.loc[["dynamic-width"]])[0] >= routed_law(384, 0.5) * (1 - 1e-9)
-    summary = est.context.summary()
+    summary = est.correction.summary()
     assert {s["executor"] for s in summary} == {"concat", "dynamic-width"}
     assert sorted({s["sparsity"] for s in summary if s["executor"] == "dynamic-width"}) == [0.25, 0.75]
 
@@ -286,7 +301,7 @@ def _framework_us(phase: str, host_ops: float) -> float:
 def _with_framework(synthetic, outlier: float = 1.0) -> Profile:
     """Dense rows measured = law x op sum + framework cost, and decoder_framework rows at two
     depths measured = op sum + framework cost: the fit must recover both exactly."""
-    est = Estimator(synthetic.profile)
+    est = Simulator(synthetic.profile)
     spec = ModelSpec("d", vocab=1, **DIMS)
     dense = []
     for tokens, f in PREFILL.items():
@@ -311,34 +326,34 @@ def _with_framework(synthetic, outlier: float = 1.0) -> Profile:
 def test_framework_cost_is_recovered_and_adds_outside_the_factor(synthetic):
     from pis.simulator.points import Points
 
-    ctx = Estimator(_with_framework(synthetic)).context
+    ctx = Simulator(_with_framework(synthetic)).correction
     for phase, (step, per_op) in FRAMEWORK.items():
         fw = ctx.framework[phase]
-        assert (fw.step_us, fw.us_per_op) == (pytest.approx(step, rel=1e-6), pytest.approx(per_op, rel=1e-6))
+        assert (fw.step_us, fw.us_per_dispatch) == (pytest.approx(step, rel=1e-6), pytest.approx(per_op, rel=1e-6))
     # The dense factor is what is left once the framework is taken out: the planted law.
     pts = Points.make("prefill", 1, np.array([96, 384, 1536]), 1, 0.0)
     np.testing.assert_allclose(ctx.factor(SPEC, pts, "concat"), prefill_law(pts.seq_len), rtol=1e-6)
     # A step of op sum 1000 µs issuing 100 ops: factor x 1000 + the framework's cost of 100 ops.
-    got = ctx.at(SPEC, pts, "concat")(np.full(3, 1000.0), np.full(3, 100.0))
+    got = ctx.terms(SPEC, pts, "concat").latency_us(_sums(1000.0, 100.0))
     np.testing.assert_allclose(got, prefill_law(pts.seq_len) * 1000.0 + 1200.0 + 4.0 * 100, rtol=1e-9)
     # The reference decoder's cache discipline has no Hugging Face framework (and no rows here).
-    np.testing.assert_allclose(ctx.at(SPEC, pts, "preallocated")(np.full(3, 1000.0), np.full(3, 100.0)), 1000.0)
+    np.testing.assert_allclose(ctx.terms(SPEC, pts, "preallocated").latency_us(_sums(1000.0, 100.0)), 1000.0)
 
 
 def test_framework_fit_shrugs_off_one_disturbed_row(synthetic):
     """One of eight decode rows timed 10x too slow (another process on a core) barely moves it."""
-    fw = Estimator(_with_framework(synthetic, outlier=10.0)).context.framework["decode"]
+    fw = Simulator(_with_framework(synthetic, outlier=10.0)).correction.framework["decode"]
     step, per_op = FRAMEWORK["decode"]
-    assert fw.step_us == pytest.approx(step, rel=0.05) and fw.us_per_op == pytest.approx(per_op, rel=0.05)
+    assert fw.step_us == pytest.approx(step, rel=0.05) and fw.us_per_dispatch == pytest.approx(per_op, rel=0.05)
 
 
 def test_shallower_model_keeps_the_per_step_framework_cost(synthetic):
     """Static depth halves the layers: the framework's per-op part shrinks with them, its
     per-step part does not (a factor alone would have scaled both)."""
-    est = Estimator(_with_framework(synthetic))
+    est = Simulator(_with_framework(synthetic))
     kw = dict(methods=("dense", "static-depth"), sparsities=(0.5,))
     a = _run(est, "decode", [1], [1], [512], **kw).set_index("method")
-    b = _run(est, "decode", [1], [1], [512], in_context=False, **kw).set_index("method")
+    b = _run(est, "decode", [1], [1], [512], in_model=False, **kw).set_index("method")
     head = _head_ms(est, b)
     extra = (a["latency_ms"] - float(decode_law(1, 512)) * (b["latency_ms"] - head) - head) * 1e3  # framework µs
     step, per_op = FRAMEWORK["decode"]
@@ -352,7 +367,7 @@ def test_framework_rows_are_ignored_on_gpus():
 
     prof = make_synthetic("cuda").profile
     tiny = [dict(batch=1, q_len=1, kv_len=256, causal=0, layers=n, median_us=1000.0 * n, **TINY) for n in (2, 4)]
-    assert Estimator(_add_decoder_rows(prof, "decoder_framework", tiny)).context.framework == {}
+    assert Simulator(_add_decoder_rows(prof, "decoder_framework", tiny)).correction.framework == {}
 
 
 # Step 19: the decoder at two FFN widths. GEMMs near their profiled speed, the other ops slower.
@@ -370,16 +385,16 @@ NARROW = dict(DIMS, ffn=704)
 def _with_two_widths(synthetic) -> Profile:
     """dense_decoder rows at DIMS and at NARROW (prefill), each measured = gemm_law x GEMM op
     sum + other_law x the rest: the split fit must recover both laws."""
-    from pis.simulator.context import decoder_totals
+    from pis.simulator.inmodel.rows import decoder_sums
 
-    est = Estimator(synthetic.profile)
+    est = Simulator(synthetic.profile)
     rows = []
     for dims in (DIMS, NARROW):
         spec = ModelSpec("d", vocab=1, **dims)
         for tokens in PREFILL:
-            tot = decoder_totals(est, spec, "prefill", 1, tokens)
+            tot = decoder_sums(est.estimator, spec, "prefill", 1, tokens)
             gemm = float(tot.gemm_us[0])
-            t = gemm_law(tokens) * gemm + other_law(tokens) * (float(tot.latency_us[0]) - gemm)
+            t = gemm_law(tokens) * gemm + other_law(tokens) * (float(tot.op_sum_us[0]) - gemm)
             rows.append(dict(batch=1, q_len=tokens, kv_len=tokens, causal=1, median_us=t, ffn=dims["ffn"]))
     return _add_decoder_rows(synthetic.profile, "dense_decoder", rows)
 
@@ -387,11 +402,11 @@ def _with_two_widths(synthetic) -> Profile:
 def test_two_widths_split_the_gemm_factor_from_the_other_ops(synthetic):
     from pis.simulator.points import Points
 
-    est = Estimator(_with_two_widths(synthetic))
-    ctx = est.context
-    assert ctx.narrow == {("concat", (1024, 2816, 16, 4, 64)): (1024, 704, 16, 4, 64)}
+    est = Simulator(_with_two_widths(synthetic))
+    ctx = est.correction
+    assert ctx.laws.narrow == {("concat", (1024, 2816, 16, 4, 64)): (1024, 704, 16, 4, 64)}
     # The narrow decoder informs the wide one's law; it is not a shape of its own.
-    assert ctx.nearest_dims(SPEC.with_options(ffn=704)) == (1024, 2816, 16, 4, 64)
+    assert ctx.laws.nearest_dims(SPEC.with_options(ffn=704)) == (1024, 2816, 16, 4, 64)
     pts = Points.make("prefill", 1, np.array([96, 200, 1536]), 1, 0.0)
     f_gemm, f_other = ctx.factors(SPEC, pts)
     np.testing.assert_allclose(f_gemm, gemm_law(pts.seq_len), rtol=1e-4)
@@ -405,19 +420,19 @@ def test_two_widths_split_the_gemm_factor_from_the_other_ops(synthetic):
     df = sweep(est, [SPEC], ["dense", "low-rank"], [0.5], ["prefill"], [1], [200], [1], breakdown=True)
     head = _head_ms(est, df)
     gemm = df["t_gemm_ms"].to_numpy()
-    other = df["latency_ms"].to_numpy() / df["context_factor"].to_numpy() - gemm
+    other = df["latency_ms"].to_numpy() / df["in_model_factor"].to_numpy() - gemm
     want = gemm_law(200) * (gemm - head) + other_law(200) * other + head
     np.testing.assert_allclose(df["latency_ms"], want, rtol=1e-4)
     # Low-rank shrinks the GEMMs, not the rest: its speedup is below what one factor would give.
     lr = df[df["method"] == "low-rank"].iloc[0]
-    assert lr["context_factor"] > df[df["method"] == "dense"].iloc[0]["context_factor"]
+    assert lr["in_model_factor"] > df[df["method"] == "dense"].iloc[0]["in_model_factor"]
 
 
 def test_one_width_keeps_one_factor_on_both_parts(ctx_est):
     from pis.simulator.points import Points
 
     pts = Points.make("prefill", 1, np.array([96, 384]), 1, 0.0)
-    f_gemm, f_other = ctx_est.context.factors(SPEC, pts)
+    f_gemm, f_other = ctx_est.correction.factors(SPEC, pts)
     np.testing.assert_array_equal(f_gemm, f_other)
     np.testing.assert_allclose(f_gemm, prefill_law(pts.seq_len), rtol=1e-6)
 
@@ -431,10 +446,10 @@ def test_profile_info_shows_the_split(synthetic, tmp_path):
     write_profile(_with_two_widths(synthetic), path)
     shown = CliRunner().invoke(profile_main, ["info", str(path)])
     assert shown.exit_code == 0, shown.output
-    assert "GEMMs vs other ops in context" in shown.output and "1.800" in shown.output
+    assert "GEMMs vs other ops in the model" in shown.output and "1.800" in shown.output
 
 
-# Step 21: fresh allocations over glibc's mmap threshold fault in their pages on a CPU.
+# Fresh allocations over glibc's mmap threshold fault in their pages on a CPU.
 CLIFF = {(16, 8192): 64.0, (32, 8192): 128.0}  # (batch, context) -> MiB of each K/V append (bf16)
 FAULT_US_PER_MIB = 150.0
 
@@ -442,22 +457,23 @@ FAULT_US_PER_MIB = 150.0
 def _with_cliff(prof: Profile) -> tuple[Profile, dict]:
     """``prof`` plus decode rows past the 32 MiB threshold: the law's corner factor times the op
     sum, plus :data:`FAULT_US_PER_MIB` per MiB of the step's fresh K/V appends."""
-    from pis.simulator.context import decoder_totals
+    from pis.simulator.inmodel.rows import decoder_sums
 
-    est = Estimator(prof)
+    est = Simulator(prof)
     spec = ModelSpec("d", vocab=1, **DIMS)
     rows, fresh = [], {}
     for (b, c), mib in CLIFF.items():
-        tot = decoder_totals(est, spec, "decode", b, c)
+        tot = decoder_sums(est.estimator, spec, "decode", b, c)
         fresh[(b, c)] = float(tot.fresh_bytes[0]) / 2**20
         assert fresh[(b, c)] == pytest.approx(2 * DIMS["layers"] * mib, rel=1e-3)  # K and V, every layer
-        t = DECODE[(4, 1024)] * float(tot.latency_us[0]) + FAULT_US_PER_MIB * fresh[(b, c)]
+        t = DECODE[(4, 1024)] * float(tot.op_sum_us[0]) + FAULT_US_PER_MIB * fresh[(b, c)]
         rows.append(dict(batch=b, q_len=1, kv_len=c, causal=0, median_us=t))
     return _add_decoder_rows(prof, "dense_decoder", rows), fresh
 
 
 def test_fresh_bytes_count_only_cache_appends_over_the_threshold():
-    from pis.simulator.context import FRESH_ALLOC_THRESHOLD, fresh_alloc_bytes
+    from pis.allocator import FRESH_ALLOC_THRESHOLD
+    from pis.simulator.opsum import fresh_alloc_bytes
 
     numel = np.array([FRESH_ALLOC_THRESHOLD // 2, FRESH_ALLOC_THRESHOLD // 2 + 1, 1 << 26])
     np.testing.assert_array_equal(fresh_alloc_bytes("kv_concat", {"numel": numel}, 2),
@@ -467,8 +483,8 @@ def test_fresh_bytes_count_only_cache_appends_over_the_threshold():
 
 def test_fresh_allocations_fit_their_own_cost_and_leave_the_law_alone(synthetic):
     prof, fresh = _with_cliff(_with_decoders(synthetic))
-    est = Estimator(prof)
-    fit = est.context.fresh_alloc()
+    est = Simulator(prof)
+    fit = est.correction.first_touch()
     assert fit.rows == 2 and fit.us_per_mib == pytest.approx(FAULT_US_PER_MIB, rel=1e-6)
     # The rows past the threshold do not bend the law fitted to the others.
     df = _run(est, "decode", [1, 2, 4], [1], [128, 362, 1024])
@@ -476,7 +492,7 @@ def test_fresh_allocations_fit_their_own_cost_and_leave_the_law_alone(synthetic)
         assert f == pytest.approx(decode_law(b, c), rel=1e-6)
     # A sweep past the threshold adds the first-touch cost outside the factor.
     big = _run(est, "decode", [16], [1], [8192])
-    op_sum_ms = big["latency_ms"].to_numpy() / big["context_factor"].to_numpy()
+    op_sum_ms = big["latency_ms"].to_numpy() / big["in_model_factor"].to_numpy()
     head = _head_ms(est, big)
     fresh_mib = fresh[(16, 8192)] * SPEC.layers / DIMS["layers"]  # the sweep's model is deeper
     want = DECODE[(4, 1024)] * (op_sum_ms - head) + head + FAULT_US_PER_MIB * fresh_mib / 1e3
@@ -484,10 +500,10 @@ def test_fresh_allocations_fit_their_own_cost_and_leave_the_law_alone(synthetic)
 
 
 def test_profiles_without_rows_past_the_threshold_add_no_fresh_cost(ctx_est):
-    assert ctx_est.context.fresh_alloc() is None
+    assert ctx_est.correction.first_touch() is None
     big = _run(ctx_est, "decode", [16], [1], [8192])
     head = _head_ms(ctx_est, big)
-    op_sum_ms = big["latency_ms"].to_numpy() / big["context_factor"].to_numpy()
+    op_sum_ms = big["latency_ms"].to_numpy() / big["in_model_factor"].to_numpy()
     np.testing.assert_allclose(big["latency_ms"].to_numpy(), DECODE[(4, 1024)] * (op_sum_ms - head) + head, rtol=1e-6)
 
 
@@ -495,9 +511,9 @@ def test_fresh_allocations_cost_nothing_on_gpus():
     from tests.conftest import make_synthetic
 
     prof, _ = _with_cliff(make_synthetic("cuda").profile)
-    est = Estimator(prof)
-    assert est.context.fresh_alloc() is None
-    assert all(p.fresh_bytes == 0 for cps in est.context.points.values() for p in cps)
+    est = Simulator(prof)
+    assert est.correction.first_touch() is None
+    assert all(p.fresh_bytes == 0 for cps in est.correction.rows.values() for p in cps)
 
 
 def test_profile_info_shows_the_first_touch_cost(synthetic, tmp_path):
@@ -514,7 +530,7 @@ def test_profile_info_shows_the_first_touch_cost(synthetic, tmp_path):
 
 def test_breakdown_reports_the_first_touch_cost(synthetic):
     prof, fresh = _with_cliff(_with_decoders(synthetic))
-    est = Estimator(prof)
+    est = Simulator(prof)
     df = sweep(est, [SPEC], ["dense"], [0.0], ["decode"], [1, 16], [1], [8192], breakdown=True)
     got = dict(zip(df["batch"], df["first_touch_ms"]))
     assert got[1] == 0.0

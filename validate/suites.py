@@ -1,0 +1,156 @@
+"""Validation suites: the pruned configurations ``pis-validate`` runs, per device kind.
+
+CPU suites use a small Llama-shaped model so that they run on a couple of cores; GPU suites use
+the Llama-3.1-8B shapes with fewer layers (latency is additive over layers; the reported model
+says how many). ``tiny`` is CI's smoke test, ``quick`` about a dozen configurations, ``full``
+every family in both phases at several batch sizes and lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from pis.errors import PisError
+from pis.models import PRESETS, ModelSpec
+from pis.pruned import ROUTED_FAMILIES, PruneOptions
+
+SUITES: tuple[str, ...] = ("tiny", "quick", "full")
+
+#: Small Llama-shaped models that run quickly on two CPU cores.
+CPU_TINY = ModelSpec("cpu-tiny", hidden=256, ffn=704, layers=2, heads=4, kv_heads=2, head_dim=64, vocab=2048)
+CPU_SMALL = ModelSpec("cpu-small", hidden=1024, ffn=2816, layers=4, heads=16, kv_heads=4, head_dim=64,
+                      vocab=8192)
+
+
+def gpu_model(layers: int) -> ModelSpec:
+    """Llama-3.1-8B shapes with ``layers`` decoder layers."""
+    base = PRESETS["llama-3.1-8b"]
+    return base.with_options(name=f"llama-3.1-8b-{layers}L", layers=layers)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One validated design point."""
+
+    spec: ModelSpec
+    method: str
+    sparsity: float
+    phase: str
+    batch: int
+    seq_len: int
+    context: int
+    granularity: str = "layer"
+    #: run ``dense`` on the reference decoder (cross-check with HF dense)
+    reference: bool = False
+
+    @property
+    def backend(self) -> str:
+        return "reference" if self.reference or self.method in ROUTED_FAMILIES else "hf"
+
+    @property
+    def label(self) -> str:
+        name = self.method + ("[ref]" if self.reference else "")
+        if self.granularity != "layer":
+            name += f"/{self.granularity}"
+        shape = f"S={self.seq_len}" if self.phase == "prefill" else f"C={self.context}"
+        return f"{name} s={self.sparsity:g} {self.phase} B={self.batch} {shape}"
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.spec, self.method, self.sparsity, self.granularity, self.reference)
+
+    def options(self) -> PruneOptions:
+        # HF decode appends to a DynamicCache (a copy per layer); the reference decoder
+        # preallocates its caches, so each executor is predicted with its own discipline.
+        kv = "preallocated" if self.backend == "reference" else "concat"
+        return PruneOptions(granularity=self.granularity, kv_cache=kv)
+
+
+def _points(spec: ModelSpec, method: str, sparsity: float, phase: str,
+            shapes: Iterable[tuple[int, int]], **kw) -> list[Config]:
+    # shapes: (batch, seq_len) in prefill, (batch, context) in decode
+    out = []
+    for b, n in shapes:
+        seq, ctx = (n, 0) if phase == "prefill" else (1, n)
+        out.append(Config(spec, method, sparsity, phase, b, seq, ctx, **kw))
+    return out
+
+
+def _suite_cpu(suite: str) -> list[Config]:
+    if suite == "tiny":
+        m = CPU_TINY
+        return (_points(m, "dense", 0.0, "prefill", [(1, 64)])
+                + _points(m, "static-width", 0.5, "decode", [(2, 128)])
+                + _points(m, "dynamic-depth", 0.5, "prefill", [(2, 64)]))
+    m = CPU_SMALL
+    if suite == "quick":
+        pre, dec = [(1, 256)], [(4, 512)]
+        cfgs = (_points(m, "dense", 0.0, "prefill", pre) + _points(m, "dense", 0.0, "decode", dec)
+                + _points(m, "dense", 0.0, "prefill", pre, reference=True)
+                + _points(m, "static-depth", 0.5, "prefill", pre)
+                + _points(m, "static-width", 0.5, "prefill", pre) + _points(m, "static-width", 0.5, "decode", dec)
+                + _points(m, "static-width-hidden", 0.25, "prefill", pre)
+                + _points(m, "low-rank", 0.5, "prefill", pre)
+                + _points(m, "unstructured", 0.5, "decode", dec)
+                + _points(m, "dynamic-depth", 0.5, "prefill", pre) + _points(m, "dynamic-depth", 0.5, "decode", dec)
+                + _points(m, "sparse-attention", 0.5, "prefill", [(1, 512)])
+                + _points(m, "sparse-attention", 0.75, "decode", [(4, 2048)])
+                + _points(m, "dynamic-width", 0.5, "prefill", pre))
+        return cfgs
+    pre, dec = [(1, 128), (1, 512), (4, 256)], [(1, 1024), (8, 512), (4, 2048)]
+    cfgs = []
+    for method, s, kw in _FULL_FAMILIES:
+        cfgs += _points(m, method, s, "prefill", pre, **kw) + _points(m, method, s, "decode", dec, **kw)
+    # Hugging Face decode either side of the allocation cliff (25 and 38 MB K/V cache per layer
+    # against glibc's 32 MiB mmap threshold), at points the calibration grid does not hold.
+    for method, s in (("dense", 0.0), ("static-depth", 0.5), ("static-width", 0.5), ("low-rank", 0.5)):
+        cfgs += _points(m, method, s, "decode", [(8, 3072), (12, 3072)])
+    return cfgs
+
+
+def _suite_gpu(suite: str) -> list[Config]:
+    if suite == "tiny":
+        m = gpu_model(2)
+        return (_points(m, "dense", 0.0, "prefill", [(1, 512)])
+                + _points(m, "static-width", 0.5, "decode", [(8, 2048)])
+                + _points(m, "dynamic-depth", 0.5, "prefill", [(1, 512)]))
+    m = gpu_model(4)
+    if suite == "quick":
+        pre, dec = [(1, 2048)], [(16, 4096)]
+        return (_points(m, "dense", 0.0, "prefill", pre) + _points(m, "dense", 0.0, "decode", dec)
+                + _points(m, "dense", 0.0, "prefill", pre, reference=True)
+                + _points(m, "static-depth", 0.5, "prefill", pre)
+                + _points(m, "static-width", 0.5, "prefill", pre) + _points(m, "static-width", 0.5, "decode", dec)
+                + _points(m, "low-rank", 0.5, "prefill", pre)
+                + _points(m, "semi-structured", 0.5, "prefill", pre)
+                + _points(m, "dynamic-depth", 0.5, "prefill", pre) + _points(m, "dynamic-depth", 0.5, "decode", dec)
+                + _points(m, "sparse-attention", 0.75, "decode", [(16, 8192)])
+                + _points(m, "dynamic-width", 0.5, "prefill", pre))
+    pre, dec = [(1, 512), (1, 2048), (8, 1024)], [(1, 4096), (16, 2048), (64, 4096)]
+    cfgs = []
+    for method, s, kw in _FULL_FAMILIES + [("semi-structured", 0.5, {})]:
+        cfgs += _points(m, method, s, "prefill", pre, **kw) + _points(m, method, s, "decode", dec, **kw)
+    return cfgs
+
+
+#: (method, sparsity, Config options) of the full suites.
+_FULL_FAMILIES: list[tuple[str, float, dict]] = [
+    ("dense", 0.0, {}), ("dense", 0.0, {"reference": True}),
+    ("static-depth", 0.5, {}), ("static-depth", 0.25, {"granularity": "sublayer"}),
+    ("static-width", 0.5, {}), ("static-width-hidden", 0.25, {}), ("low-rank", 0.5, {}),
+    ("unstructured", 0.5, {}), ("dynamic-depth", 0.5, {}), ("sparse-attention", 0.75, {}),
+    ("dynamic-width", 0.5, {}),
+]
+
+
+def suite_configs(suite: str, device_kind: str) -> list[Config]:
+    """The configurations of ``suite`` for a ``cpu`` or ``cuda`` device."""
+    if suite not in SUITES:
+        raise PisError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    return _suite_gpu(suite) if device_kind == "cuda" else _suite_cpu(suite)
+
+
+def suite_models(configs: Iterable[Config]) -> list[ModelSpec]:
+    """The distinct model shapes a list of configurations runs."""
+    return list(dict.fromkeys(c.spec for c in configs))
