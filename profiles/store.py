@@ -2,6 +2,8 @@
 
 Writes are atomic (temporary file in the same folder, fsync, ``os.replace``), so a profile on
 disk is always either the old complete file or the new complete file, even after SIGKILL.
+Reading and checking a profile need no pandas (a simulation's start-up stays fast); the rows
+become a DataFrame on first use of :attr:`Profile.rows`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,31 +31,106 @@ _INT_COLUMNS = SHAPE_COLUMNS + ("repeats",)
 _FLOAT_COLUMNS = ("median_us", "p10_us", "p90_us", "flops", "bytes")
 _STR_COLUMNS = ("op", "dtype", "status", "backend")
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-@dataclass
+
 class Profile:
-    """A latency profile: the measured rows plus provenance metadata."""
+    """A latency profile: the measured rows plus provenance metadata.
 
-    rows: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    The rows are given as a DataFrame, or as the Arrow table a file holds (``table``); each
+    form is made from the other on first use. :meth:`columns` gives them as numpy arrays.
+    """
+
+    def __init__(self, rows: "pd.DataFrame | None" = None, meta: dict[str, Any] | None = None, *,
+                 table: pa.Table | None = None) -> None:
+        if rows is None and table is None:
+            raise ValueError("a profile needs rows or a table")
+        self._rows = rows
+        self._table = table
+        self._columns: dict[str, np.ndarray] | None = None
+        self.meta: dict[str, Any] = dict(meta or {})
 
     @property
-    def ok_rows(self) -> pd.DataFrame:
+    def rows(self) -> "pd.DataFrame":
+        """Every row, with the profile's columns and dtypes (:func:`normalize_rows`)."""
+        if self._rows is None:
+            self._rows = normalize_rows(self._table.to_pandas())
+        return self._rows
+
+    @property
+    def ok_rows(self) -> "pd.DataFrame":
         """Rows that hold a measurement (not skipped)."""
         return self.rows[self.rows["status"] == STATUS_OK]
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every profile column as a numpy array: numbers as float64 (NaN for null), text as an
+        object array (None for null). Built once."""
+        if self._columns is None:
+            if self._rows is not None:
+                df = normalize_rows(self._rows)
+                self._columns = {c: (df[c].to_numpy(dtype=object, na_value=None) if c in _STR_COLUMNS
+                                     else df[c].to_numpy(dtype=np.float64, na_value=np.nan)) for c in COLUMNS}
+            else:
+                self._columns = _table_columns(self._table)
+        return self._columns
+
     def ops(self) -> list[str]:
         """Op kinds with at least one measured row."""
-        return sorted(self.ok_rows["op"].unique().tolist())
+        c = self.columns()
+        return sorted({str(o) for o in c["op"][c["status"] == STATUS_OK] if o is not None})
 
 
-def empty_rows() -> pd.DataFrame:
+def _table_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """The profile columns of an Arrow table as numpy arrays (absent columns: all null)."""
+    n = table.num_rows
+    out: dict[str, np.ndarray] = {}
+    for c in COLUMNS:
+        if c not in table.column_names or pa.types.is_null(table.schema.field(c).type):
+            out[c] = np.full(n, None, dtype=object) if c in _STR_COLUMNS else np.full(n, np.nan)
+            continue
+        arr = table.column(c)
+        kind = arr.type
+        if c in _STR_COLUMNS:
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise TypeError(f"column {c} holds {kind}, not text")
+            # to_pylist, not to_numpy: Arrow converts text to numpy through pandas, a slow import
+            values = np.empty(n, dtype=object)
+            values[:] = arr.to_pylist()
+            out[c] = values
+        else:
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                raise TypeError(f"column {c} holds {kind}, not numbers")
+            out[c] = _numbers(arr)
+    return out
+
+
+def _numbers(arr: pa.ChunkedArray) -> np.ndarray:
+    """A numeric Arrow column as float64 with NaN for null, read from its buffers (Arrow's own
+    conversion of a column with nulls goes through pandas, a slow import)."""
+    parts = []
+    for chunk in arr.chunks:
+        n, off = len(chunk), chunk.offset
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=chunk.type.to_pandas_dtype())[off:off + n].astype(np.float64)
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[off:off + n]
+            values[bits == 0] = np.nan
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def empty_rows() -> "pd.DataFrame":
     """An empty row table with the profile's columns and dtypes."""
+    import pandas as pd
+
     return normalize_rows(pd.DataFrame({c: [] for c in COLUMNS}))
 
 
-def normalize_rows(df: pd.DataFrame) -> pd.DataFrame:
+def normalize_rows(df: "pd.DataFrame") -> "pd.DataFrame":
     """Return ``df`` with exactly the profile columns, in order, with canonical dtypes."""
+    import pandas as pd
+
     df = df.copy()
     for col in COLUMNS:
         if col not in df.columns:
@@ -70,17 +145,25 @@ def normalize_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def row_key(row: dict[str, Any] | pd.Series) -> tuple:
+def _is_null(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(v != v)  # NaN, pandas' NA and NaT are not equal to themselves
+    except TypeError:  # pandas' NA refuses to be a bool
+        return True
+
+
+def row_key(row: "dict[str, Any] | pd.Series") -> tuple:
     """Hashable identity of a measured point (op, shape, dtype); nulls become None."""
     out = []
     for col in KEY_COLUMNS:
         v = row.get(col) if isinstance(row, dict) else row[col]
-        out.append(None if v is None or (not isinstance(v, str) and pd.isna(v)) else
-                   (v if isinstance(v, str) else int(v)))
+        out.append(None if not isinstance(v, str) and _is_null(v) else (v if isinstance(v, str) else int(v)))
     return tuple(out)
 
 
-def keys_of(df: pd.DataFrame) -> set[tuple]:
+def keys_of(df: "pd.DataFrame") -> set[tuple]:
     """Set of row keys in a row table."""
     return {row_key(r) for r in df[list(KEY_COLUMNS)].to_dict("records")}
 
@@ -105,7 +188,7 @@ def decode_meta(raw: dict[bytes, bytes] | None) -> dict[str, Any]:
 
 
 def _table(profile: Profile) -> pa.Table:
-    rows = normalize_rows(profile.rows)
+    rows = normalize_rows(profile.rows)  # the canonical dtypes, whatever form the rows were given in
     meta = dict(profile.meta)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     table = pa.Table.from_pandas(rows, preserve_index=False)
@@ -172,55 +255,73 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
     missing = [c for c in COLUMNS if c not in table.column_names and c not in optional]
     if missing:
         raise ProfileError(f"{path} lacks profile columns: {', '.join(missing)}")
+    profile = Profile(table=table, meta=meta)
     try:
-        rows = normalize_rows(table.to_pandas())
+        profile.columns()
     except (ValueError, TypeError) as err:
         raise ProfileError(f"{path}: a column has the wrong type ({err})") from None
-    return Profile(rows=rows, meta=meta)
+    return profile
 
 
 def check_profile(profile: Profile, required_ops: Iterable[str] = ()) -> list[str]:
     """Return every problem found in a profile (empty list when valid)."""
     problems: list[str] = []
-    rows, meta = profile.rows, profile.meta
+    c, meta = profile.columns(), profile.meta
     for key in META_REQUIRED:
         if key not in meta:
             problems.append(f"metadata key {key!r} missing")
-    unknown = sorted(set(rows["op"].dropna().unique()) - set(OPS))
+    op, status = c["op"], c["status"]
+    op_null = np.array([v is None for v in op], dtype=bool)
+    unknown = sorted({str(v) for v in op[~op_null]} - set(OPS))
     if unknown:
         problems.append(f"unknown ops: {', '.join(unknown)}")
-    if rows["op"].isna().any():
-        problems.append(f"{int(rows['op'].isna().sum())} rows without an op")
-    bad_status = sorted(set(rows["status"].dropna().unique()) - set(STATUSES))
-    if bad_status or rows["status"].isna().any():
+    if op_null.any():
+        problems.append(f"{int(op_null.sum())} rows without an op")
+    status_null = np.array([v is None for v in status], dtype=bool)
+    bad_status = sorted({str(v) for v in status[~status_null]} - set(STATUSES))
+    if bad_status or status_null.any():
         problems.append(f"invalid status values: {bad_status or ['<null>']}")
-    ok = rows[rows["status"] == STATUS_OK]
+    ok = status == STATUS_OK
     for col in TIMING_COLUMNS:
-        vals = ok[col].astype("float64")
-        if vals.isna().any():
-            problems.append(f"{int(vals.isna().sum())} measured rows have NaN/null {col}")
+        vals = c[col][ok]
+        if np.isnan(vals).any():
+            problems.append(f"{int(np.isnan(vals).sum())} measured rows have NaN/null {col}")
         if (vals < 0).any() or (col == "median_us" and (vals <= 0).any()):
             problems.append(f"{int((vals <= 0).sum())} measured rows have non-positive {col}")
-    if len(ok):
-        med, p10, p90 = (ok[c].astype("float64") for c in ("median_us", "p10_us", "p90_us"))
+    if ok.any():
+        med, p10, p90 = (c[k][ok] for k in ("median_us", "p10_us", "p90_us"))
         if ((p10 > med * 1.000001) | (med > p90 * 1.000001)).any():
             problems.append("some rows violate p10 <= median <= p90")
-    for name, op in OPS.items():
-        sub = rows[rows["op"] == name]
-        for col in op.columns:
-            if len(sub) and sub[col].isna().any():
-                problems.append(f"{name}: {int(sub[col].isna().sum())} rows lack shape column {col}")
-        shape_vals = sub[[c for c in op.columns]].astype("float64").to_numpy() if op.columns else None
-        if shape_vals is not None and len(sub) and (np.nan_to_num(shape_vals, nan=1) < 0).any():
+    for name, kind in OPS.items():
+        sub = op == name
+        if not sub.any():
+            continue
+        for col in kind.columns:
+            missing = int(np.isnan(c[col][sub]).sum())
+            if missing:
+                problems.append(f"{name}: {missing} rows lack shape column {col}")
+        if kind.columns and (np.nan_to_num(np.column_stack([c[k][sub] for k in kind.columns]), nan=1) < 0).any():
             problems.append(f"{name}: negative shape values")
-    dup = rows.duplicated(subset=list(KEY_COLUMNS)).sum()
+    dup = _duplicates(c)
     if dup:
-        problems.append(f"{int(dup)} duplicate rows (same op, shape and dtype)")
-    have = set(ok["op"].unique())
-    lacking = [op for op in required_ops if op not in have]
+        problems.append(f"{dup} duplicate rows (same op, shape and dtype)")
+    have = {str(v) for v in op[ok]}
+    lacking = [o for o in required_ops if o not in have]
     if lacking:
         problems.append(f"no measured rows for ops a simulation needs: {', '.join(lacking)}")
     return problems
+
+
+def _duplicates(c: dict[str, np.ndarray]) -> int:
+    """Rows whose (op, shape, dtype) an earlier row has (nulls equal to nulls)."""
+    n = len(c["op"])
+    if n < 2:
+        return 0
+    codes = [np.unique(np.array(["\0" if v is None else str(v) for v in c[k]]), return_inverse=True)[1]
+             for k in ("op", "dtype")]
+    shape = np.column_stack([np.nan_to_num(c[k], nan=-1.0) for k in SHAPE_COLUMNS])
+    keys = np.column_stack([np.column_stack(codes).astype(np.float64), shape])
+    return n - len(np.unique(keys, axis=0))
 
 
 def require_valid(profile: Profile, path: str | os.PathLike[str], required_ops: Iterable[str] = ()) -> None:
@@ -238,7 +339,7 @@ def load_profile(path: str | os.PathLike[str], required_ops: Iterable[str] = ())
     return profile
 
 
-def suspicious_rows(rows: pd.DataFrame, factor: float = 3.0) -> list[int]:
+def suspicious_rows(rows: "pd.DataFrame", factor: float = 3.0) -> list[int]:
     """Positions of measured rows more than ``factor`` × slower than a larger shape of their op.
 
     Work only grows with M (a GEMM of the same N, K) and with numel (a memory-bound op), so a

@@ -20,6 +20,7 @@ from pis.models import ModelSpec, load_model
 from pis.pruned import PruneOptions
 from pis.profiles.shipped import resolve_profile
 from pis.profiles.store import Profile, load_profile
+from pis.simulator.cache import DerivedCache
 from pis.simulator.estimator import Estimator
 from pis.simulator.points import PHASES
 from pis.simulator.pruning import FAMILIES, check_methods
@@ -49,16 +50,20 @@ class Simulator:
 
     def __init__(self, profile: "str | os.PathLike[str] | Profile | None" = None, *,
                  allow_roofline: bool = False) -> None:
+        self._sha256: str | None = None
+        cache = None
         if isinstance(profile, Profile):
             self.path: Path | None = None
             loaded = profile
         else:
             self.path = resolve_profile(None if profile is None else str(profile))
             loaded = load_profile(self.path)
+            cache = DerivedCache.for_profile(self.profile_sha256)
         self.profile = loaded
-        self.estimator = Estimator(loaded, allow_roofline=allow_roofline)
+        #: where meshes and fits derived from the profile are kept between processes (files only)
+        self.cache = cache
+        self.estimator = Estimator(loaded, allow_roofline=allow_roofline, cache=cache)
         self._correction: "InModelCorrection | None" = None
-        self._sha256: str | None = None
 
     @property
     def profile_sha256(self) -> str:
@@ -82,9 +87,13 @@ class Simulator:
     def correction(self) -> "InModelCorrection":
         """The profile's in-model correction (:mod:`pis.simulator.inmodel`), fitted on first use."""
         if self._correction is None:
+            from pis.simulator.cache import decode, encode
             from pis.simulator.inmodel.correction import InModelCorrection
 
-            self._correction = InModelCorrection(self.estimator)
+            kept = self.cache.load_json("inmodel") if self.cache is not None else None
+            self._correction = InModelCorrection(self.estimator, decode(kept) if kept is not None else None)
+            if self.cache is not None and kept is None:
+                self.cache.save_json("inmodel", encode(self._correction.state()))
         return self._correction
 
     @property

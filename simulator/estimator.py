@@ -35,16 +35,20 @@ On CPU the timings (``perf_counter``) already include dispatch, so nothing is ad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 
 from pis.errors import MissingOpError, PisError, ProfileError
-from pis.profiles.schema import MEMORY_OPS, OPS, WHOLE_DECODER_OPS, OpKind, op_bytes, op_flops
+from pis.profiles.schema import MEMORY_OPS, OPS, STATUS_OK, WHOLE_DECODER_OPS, OpKind, op_bytes, op_flops
 from pis.profiles.store import Profile
-from pis.simulator.opmodel import (EXACT, INTERP, ROOFLINE, SOURCE_NAMES, QUANTIZED_OPS, OpModel, OpRows,
-                                   outside_without_self)
+from pis.simulator.opmodel import (EXACT, INTERP, QUANTIZED_OPS, ROOFLINE, SOURCE_NAMES, OpModel, OpRows,
+                                   meshes_from_arrays, meshes_to_arrays, outside_without_self)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pis.simulator.cache import DerivedCache
 
 #: GEMMs with at most this many rows stream their weights: memory-bound, used for the bandwidth.
 SMALL_M = 16
@@ -79,8 +83,11 @@ class Estimator:
 
     def __init__(self, profile: Profile, *, allow_roofline: bool = False,
                  quantize: str | bool = "auto", launch_floor: bool | None = None,
-                 name: str | None = None, split_gqa: bool | None = None) -> None:
+                 name: str | None = None, split_gqa: bool | None = None,
+                 cache: "DerivedCache | None" = None) -> None:
         self.profile = profile
+        #: where the op models' meshes are kept between processes (None: nowhere)
+        self.cache = cache
         meta = profile.meta
         self.dtype = _profile_dtype(profile)
         self.device_kind = str(meta.get("device_kind", "")).lower()
@@ -144,7 +151,7 @@ class Estimator:
         """The width alignment quantization rounds N and K up to (1: quantization has no effect)."""
         return dict(self._model(op).align) if self._model(op) is not None else {}
 
-    def loo_errors(self, op: str = "gemm", by: str | None = None) -> pd.DataFrame:
+    def loo_errors(self, op: str = "gemm", by: str | None = None) -> "pd.DataFrame":
         """Leave-one-out relative error of every measured point of ``op``.
 
         Each point is predicted from all the others (its exact hit disabled). With ``by`` a
@@ -194,6 +201,8 @@ class Estimator:
             sub = self._new_model(op, OpRows(data.keys[keep], data.times[keep]), sol[keep])
             t, s, e = sub.predict(data.keys[held], lambda q: self._sol_keys(op, q))
             pred[held], source[held], extrap[held] = t, np.where(s == EXACT, INTERP, s), e
+        import pandas as pd
+
         df = pd.DataFrame(data.keys, columns=list(kind.columns))
         df["measured_us"] = data.times
         df["predicted_us"] = pred
@@ -211,7 +220,13 @@ class Estimator:
             data = self._rows.get(op)
             if data is None or not OPS[op].columns:
                 return None
-            self._models[op] = self._new_model(op, data, self._sol_keys(op, data.keys))
+            name = f"mesh-{op}-q{int(self.quantize)}-g{int(self.split_gqa)}"
+            kept = self.cache.load_arrays(name) if self.cache is not None else None
+            model = OpModel(op, data, self._sol_keys(op, data.keys), self.quantize, split_gqa=self.split_gqa,
+                            meshes=meshes_from_arrays(kept) if kept is not None else None)
+            if self.cache is not None and kept is None:
+                self.cache.save_arrays(name, meshes_to_arrays(model.meshes()))
+            self._models[op] = model
         return self._models[op]
 
     def _new_model(self, op: str, data: OpRows, sol: np.ndarray) -> "OpModel":
@@ -281,7 +296,7 @@ class Estimator:
         return float(np.median(vals)) if len(vals) else 1.0
 
 
-def loo_summary(df: pd.DataFrame) -> dict[str, float]:
+def loo_summary(df: "pd.DataFrame") -> dict[str, float]:
     """Median, p90 and max |relative error| in % of a :meth:`Estimator.loo_errors` table."""
     err = np.abs(df["rel_error"].to_numpy()) * 100.0
     out: dict[str, float] = {"n": int(len(err))}
@@ -322,10 +337,11 @@ def _profile_dtype(profile: Profile) -> str:
     dtype = profile.meta.get("dtype")
     if dtype:
         return str(dtype)
-    found = profile.ok_rows["dtype"].dropna().unique().tolist()
+    c = profile.columns()
+    found = sorted({str(v) for v, st in zip(c["dtype"], c["status"]) if v is not None and st == STATUS_OK})
     if len(found) != 1:
         raise ProfileError(f"profile has no dtype in its metadata and rows of {len(found)} dtypes")
-    return str(found[0])
+    return found[0]
 
 
 def _rows_by_op(profile: Profile, dtype: str) -> dict[str, OpRows]:
@@ -334,21 +350,26 @@ def _rows_by_op(profile: Profile, dtype: str) -> dict[str, OpRows]:
     Duplicates (an invalid profile; ``pis-profile validate`` reports them) keep the point with
     more repeats, as ``pis-profile merge`` does.
     """
-    ok = profile.ok_rows
+    c = profile.columns()
     # Whole-decoder rows are not an op the graph executes; the in-model correction reads them.
-    ok = ok[(ok["dtype"] == dtype) & ok["op"].isin([o for o in OPS if o not in WHOLE_DECODER_OPS])]
+    usable = (c["status"] == STATUS_OK) & (c["dtype"] == dtype)
     out: dict[str, OpRows] = {}
-    for op, sub in ok.groupby("op", sort=True):
-        cols = list(OPS[str(op)].columns)
-        t = sub["median_us"].astype("float64")
-        good = t.notna() & (t > 0) & sub[cols].notna().all(axis=1)
-        sub = sub[good].sort_values("repeats", ascending=False, kind="stable")
-        if cols:
-            sub = sub.drop_duplicates(subset=cols)
-        if not len(sub):
+    for op in sorted(o for o in OPS if o not in WHOLE_DECODER_OPS):
+        cols = list(OPS[op].columns)
+        t = c["median_us"]
+        sel = usable & (c["op"] == op) & ~np.isnan(t) & (t > 0)
+        for col in cols:
+            sel &= ~np.isnan(c[col])
+        idx = np.flatnonzero(sel)
+        if not len(idx):
             continue
-        keys = sub[cols].to_numpy(dtype=np.int64) if cols else np.empty((len(sub), 0), np.int64)
-        out[str(op)] = OpRows(keys, sub["median_us"].to_numpy(dtype=np.float64))
+        idx = idx[np.argsort(-c["repeats"][idx], kind="stable")]  # more repeats first (NaN last)
+        keys = np.column_stack([c[col][idx] for col in cols]).astype(np.int64) if cols else \
+            np.empty((len(idx), 0), np.int64)
+        if cols:  # keep the first of duplicate shapes
+            first = np.sort(np.unique(keys, axis=0, return_index=True)[1])
+            idx, keys = idx[first], keys[first]
+        out[op] = OpRows(keys, t[idx].astype(np.float64))
     return out
 
 
@@ -387,7 +408,17 @@ def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(-1)
 
 
+#: Above this many codes, pandas' hash factorization (linear time) beats numpy's sort.
+_HASH_ABOVE = 4096
+
+
 def _factorize(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse map of ``code`` onto its distinct values, and each value's first position."""
+    if len(code) <= _HASH_ABOVE:  # small queries stay clear of pandas' import
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        return inverse.reshape(-1), first
+    import pandas as pd
+
     inverse, uniques = pd.factorize(code)
     first = np.empty(len(uniques), dtype=np.intp)
     first[inverse[::-1]] = np.arange(len(code) - 1, -1, -1)  # last write wins: first occurrence

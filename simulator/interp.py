@@ -17,12 +17,21 @@ point sets, so constant dimensions are dropped and collinear ones are folded by 
 the principal subspace of the points (SVD); a query off that subspace is "outside" and goes to
 the neighbours. One varying dimension uses ``np.interp``; if Qhull still fails, every query
 goes to the neighbours.
+
+A triangulation can be kept as plain arrays (:class:`Mesh`) and handed to a new interpolator,
+which then answers a few queries by a numpy search over the simplices without importing scipy;
+many queries, the neighbours and leave-one-out rebuild scipy's structures on first use.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy.spatial import ConvexHull, Delaunay, QhullError, cKDTree
+
+if TYPE_CHECKING:
+    from scipy.spatial import Delaunay
 
 #: Singular values below this fraction of the largest mark a flat (rank-deficient) point set.
 _RANK_TOL = 1e-9
@@ -39,33 +48,96 @@ _GEOM_TOL = 1e-11
 _SHEAR = 0.1
 #: Barycentric tolerance: queries on the hull boundary (e.g. the largest measured M) are inside.
 _BARY_TOL = 1e-9
+#: Up to this many queries, a kept :class:`Mesh` is searched with numpy (no scipy import); more
+#: queries take scipy's directed walk.
+SEARCH_AT_MOST = 64
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A triangulation as arrays: sheared coordinates, simplices, their barycentric transforms,
+    the hull's facet equations and the shear (:func:`_triangulate`)."""
+
+    points: np.ndarray
+    simplices: np.ndarray
+    transform: np.ndarray
+    facets: np.ndarray
+    shear: np.ndarray
+
+    def find(self, z: np.ndarray) -> np.ndarray:
+        """The first simplex holding each sheared query (-1 outside), as scipy's brute force."""
+        d = z.shape[1]
+        out = np.full(len(z), -1, dtype=np.intp)
+        T = self.transform
+        for i, q in enumerate(z):
+            b = np.einsum("sij,sj->si", T[:, :d], q - T[:, d])
+            ok = (b >= -_BARY_TOL).all(axis=1) & (1.0 - b.sum(axis=1) >= -_BARY_TOL)
+            hit = np.flatnonzero(ok)
+            if len(hit):
+                out[i] = hit[0]
+        return out
+
+    def interpolate(self, simplex: np.ndarray, z: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Linear interpolation of ``values`` (one per point) inside the given simplices."""
+        return _barycentric(self.transform, self.simplices, simplex, z, values)
 
 
 class LogInterpolator:
     """Piecewise-linear interpolation inside the hull of the points, k-NN outside it."""
 
-    def __init__(self, features: np.ndarray, values: np.ndarray, neighbors: int = 4) -> None:
+    def __init__(self, features: np.ndarray, values: np.ndarray, neighbors: int = 4, *,
+                 mesh: Mesh | None = None) -> None:
         F = np.asarray(features, dtype=np.float64)
         if F.ndim != 2 or len(F) == 0:
             raise ValueError("features must be a non-empty (points, dims) array")
         self.features = F
         self.values = np.asarray(values, dtype=np.float64)
         self.neighbors = int(min(neighbors, len(F)))
-        self.tree = cKDTree(F)
+        self._tree = None
         self.mean = F.mean(axis=0)
         self.basis = _basis(F - self.mean)
         self.rank = self.basis.shape[1]
         self.coords = (F - self.mean) @ self.basis
-        self.tri: Delaunay | None = None
+        #: the triangulation as arrays (None: rank < 2, too few points, or Qhull failed)
+        self.mesh: Mesh | None = None
+        self._tri: "Delaunay | None" = None
         if self.rank == 1:
             order = np.argsort(self.coords[:, 0], kind="stable")
             self._t, self._ty = self.coords[order, 0], self.values[order]
         elif self.rank >= 2 and len(F) > self.rank:
-            self.tri, self.shear = _triangulate(self.coords)
-            try:
-                self._facets = ConvexHull(self.tri.points).equations if self.tri is not None else None
-            except (QhullError, ValueError):
-                self.tri = None  # degenerate beyond what the projection fixed: neighbours only
+            if mesh is not None:
+                self.mesh = mesh
+            else:
+                self._triangulate()
+
+    def _triangulate(self) -> None:
+        from scipy.spatial import ConvexHull, QhullError
+
+        tri, shear = _triangulate(self.coords)
+        if tri is None:
+            return
+        try:
+            facets = ConvexHull(tri.points).equations
+        except (QhullError, ValueError):
+            return  # degenerate beyond what the projection fixed: neighbours only
+        self._tri = tri
+        self.mesh = Mesh(tri.points, tri.simplices, tri.transform, facets, shear)
+
+    @property
+    def tri(self) -> "Delaunay | None":
+        """scipy's triangulation (rebuilt, identically, where the mesh was kept as arrays)."""
+        if self._tri is None and self.mesh is not None:
+            self._tri, _ = _triangulate(self.coords)
+        return self._tri
+
+    @property
+    def tree(self):
+        """A k-d tree of the points, for the neighbours (built on first use)."""
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.features)
+        return self._tree
 
     def __call__(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Interpolated values at query features ``(q, dims)`` and whether each was inside."""
@@ -80,20 +152,24 @@ class LogInterpolator:
             t = z[:, 0]
             inside = on & (t >= self._t[0] - _GEOM_TOL) & (t <= self._t[-1] + _GEOM_TOL)
             out[inside] = np.interp(t[inside], self._t, self._ty)
-        elif self.tri is not None:
-            z = z @ self.shear.T
+        elif self.mesh is not None:
+            mesh = self.mesh
+            z = z @ mesh.shear.T
             simplex = np.full(len(Fq), -1)
-            if on.any():
-                simplex[on] = self.tri.find_simplex(z[on], tol=_BARY_TOL)
-            # scipy's directed walk gives up on points lying on the hull boundary (common:
-            # a query at the largest measured M); those inside the hull get a brute-force search.
-            retry = on & (simplex < 0)
-            if retry.any():
-                retry[retry] = (z[retry] @ self._facets[:, :-1].T + self._facets[:, -1]).max(axis=1) <= 1e-9
+            if on.sum() <= SEARCH_AT_MOST:
+                simplex[on] = mesh.find(z[on])
+            else:
+                tri = self.tri
+                simplex[on] = tri.find_simplex(z[on], tol=_BARY_TOL)
+                # scipy's directed walk gives up on points lying on the hull boundary (common: a
+                # query at the largest measured M); those inside the hull get a brute-force search.
+                retry = on & (simplex < 0)
                 if retry.any():
-                    simplex[retry] = self.tri.find_simplex(z[retry], bruteforce=True, tol=_BARY_TOL)
+                    retry[retry] = (z[retry] @ mesh.facets[:, :-1].T + mesh.facets[:, -1]).max(axis=1) <= 1e-9
+                    if retry.any():
+                        simplex[retry] = tri.find_simplex(z[retry], bruteforce=True, tol=_BARY_TOL)
             inside = simplex >= 0
-            out[inside] = _barycentric(self.tri, simplex[inside], z[inside], self.values)
+            out[inside] = mesh.interpolate(simplex[inside], z[inside], self.values)
             inside &= np.isfinite(out)  # a degenerate simplex left despite the shear
         if (~inside).any():
             out[~inside] = self.nearest(Fq[~inside])
@@ -135,6 +211,8 @@ class LogInterpolator:
             out[order[1:-1]] = y[:-2] + frac * (y[2:] - y[:-2])
             inside[order[1:-1]] = True
         elif self.tri is not None:
+            from scipy.spatial import Delaunay, QhullError
+
             indptr, nbrs = self.tri.vertex_neighbor_vertices
             for i in range(n):
                 nb = nbrs[indptr[i]:indptr[i + 1]]
@@ -146,7 +224,8 @@ class LogInterpolator:
                     continue
                 s = local.find_simplex(self.tri.points[i:i + 1], bruteforce=True, tol=_BARY_TOL)
                 if s[0] >= 0:
-                    out[i] = _barycentric(local, s, self.tri.points[i:i + 1], self.values[nb])[0]
+                    out[i] = _barycentric(local.transform, local.simplices, s, self.tri.points[i:i + 1],
+                                          self.values[nb])[0]
                     inside[i] = np.isfinite(out[i])
         rest = np.flatnonzero(~inside)
         if len(rest) and n > 1:
@@ -160,14 +239,16 @@ class LogInterpolator:
         return z, off <= _GEOM_TOL
 
 
-def _triangulate(coords: np.ndarray) -> tuple[Delaunay | None, np.ndarray]:
+def _triangulate(coords: np.ndarray) -> "tuple[Delaunay | None, np.ndarray]":
     """Delaunay triangulation of sheared coordinates (see ``_SHEAR``) and the shear used.
 
     Tries a few shears and keeps the first without degenerate simplices (or the best one);
     returns ``None`` when Qhull cannot triangulate the points at all.
     """
+    from scipy.spatial import Delaunay, QhullError
+
     d = coords.shape[1]
-    best: tuple[int, Delaunay | None, np.ndarray] = (1 << 62, None, np.eye(d))
+    best: "tuple[int, Delaunay | None, np.ndarray]" = (1 << 62, None, np.eye(d))
     for seed in range(3):
         off = np.random.default_rng(seed).uniform(-1.0, 1.0, (d, d))
         shear = np.eye(d) + _SHEAR * (off - np.diag(np.diag(off)))
@@ -200,10 +281,11 @@ def _basis(centered: np.ndarray) -> np.ndarray:
     return select if rank == len(varying) else select @ vt[:rank].T
 
 
-def _barycentric(tri: Delaunay, simplex: np.ndarray, z: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _barycentric(transform: np.ndarray, simplices: np.ndarray, simplex: np.ndarray, z: np.ndarray,
+                 values: np.ndarray) -> np.ndarray:
     """Linear interpolation of ``values`` (one per triangulated point) inside the given simplices."""
     d = z.shape[1]
-    T = tri.transform[simplex]
+    T = transform[simplex]
     b = np.einsum("qij,qj->qi", T[:, :d], z - T[:, d])
     w = np.concatenate([b, 1.0 - b.sum(axis=1, keepdims=True)], axis=1)
-    return (w * values[tri.simplices[simplex]]).sum(axis=1)
+    return (w * values[simplices[simplex]]).sum(axis=1)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from pis.profiles.schema import OPS
-from pis.simulator.interp import LogInterpolator
+from pis.simulator.interp import LogInterpolator, Mesh
 
 #: ``OpPrediction.source`` codes, and their names (index = code).
 EXACT, INTERP, ROOFLINE = 0, 1, 2
@@ -63,7 +63,8 @@ class _Partition:
 class OpModel:
     """Exact-hit index, per-partition interpolators and quantization of one op's rows."""
 
-    def __init__(self, op: str, data: OpRows, sol: np.ndarray, quantize: bool, split_gqa: bool = False) -> None:
+    def __init__(self, op: str, data: OpRows, sol: np.ndarray, quantize: bool, split_gqa: bool = False,
+                 meshes: "dict[tuple, Mesh] | None" = None) -> None:
         cols = OPS[op].columns
         self.op, self.data, self.quantize = op, data, quantize and op in QUANTIZED_OPS
         self.part_idx = [j for j, c in enumerate(cols) if c in PARTITION_COLUMNS]
@@ -81,9 +82,14 @@ class OpModel:
         for pk in {tuple(r) for r in part_keys[valid].tolist()}:
             rows = np.flatnonzero(valid & (part_keys == pk).all(axis=1))
             raw = data.keys[rows][:, self.feat_idx]
-            self.parts[pk] = _Partition(rows, raw, LogInterpolator(_log_features(raw), util[rows], NEIGHBORS))
+            mesh = (meshes or {}).get(pk)
+            self.parts[pk] = _Partition(rows, raw, LogInterpolator(_log_features(raw), util[rows], NEIGHBORS, mesh=mesh))
         self.widths = {j: np.unique(data.keys[:, j]) for j, c in enumerate(cols) if c in QUANTIZED_COLUMNS}
         self.align = {cols[j]: _alignment(v) for j, v in self.widths.items()}
+
+    def meshes(self) -> "dict[tuple, Mesh]":
+        """The triangulation of every partition that has one (to keep, see :class:`Mesh`)."""
+        return {pk: part.interp.mesh for pk, part in self.parts.items() if part.interp.mesh is not None}
 
     def predict(self, keys: np.ndarray, sol_fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kernel time, source and extrapolated flag of unique shape ``keys`` (U, columns)."""
@@ -223,3 +229,23 @@ def outside_without_self(raw: np.ndarray) -> np.ndarray:
         lo, hi = v.min(), v.max()
         out |= ((v == lo) & ((v == lo).sum() == 1)) | ((v == hi) & ((v == hi).sum() == 1))
     return out
+
+
+_MESH_FIELDS: tuple[str, ...] = ("points", "simplices", "transform", "facets", "shear")
+
+
+def meshes_to_arrays(meshes: "dict[tuple, Mesh]") -> dict[str, np.ndarray]:
+    """Partition meshes as flat named arrays (for :class:`pis.simulator.cache.DerivedCache`)."""
+    out: dict[str, np.ndarray] = {}
+    for i, (pk, mesh) in enumerate(sorted(meshes.items())):
+        out[f"{i}.key"] = np.asarray(pk, dtype=np.int64)
+        for f in _MESH_FIELDS:
+            out[f"{i}.{f}"] = getattr(mesh, f)
+    return out
+
+
+def meshes_from_arrays(arrays: dict[str, np.ndarray]) -> "dict[tuple, Mesh]":
+    """The inverse of :func:`meshes_to_arrays`."""
+    n = len({k.split(".")[0] for k in arrays})
+    return {tuple(int(v) for v in arrays[f"{i}.key"]): Mesh(*(arrays[f"{i}.{f}"] for f in _MESH_FIELDS))
+            for i in range(n)}

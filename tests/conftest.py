@@ -142,3 +142,11 @@ def synthetic_file(tmp_path, synthetic) -> str:
     path = tmp_path / "synthetic.parquet"
     write_profile(synthetic.profile, path)
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> None:
+    """Simulations of profile files keep derived state in a cache folder: a private one here."""
+    import os
+
+    os.environ["PIS_CACHE_DIR"] = str(tmp_path_factory.mktemp("pis-cache"))

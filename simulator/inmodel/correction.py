@@ -80,9 +80,10 @@ class Terms:
 
 
 class InModelCorrection:
-    """The in-model correction of one profile, fitted to its whole-decoder rows on first use."""
+    """The in-model correction of one profile, fitted to its whole-decoder rows on first use
+    (or restored from :meth:`state`)."""
 
-    def __init__(self, est: Estimator) -> None:
+    def __init__(self, est: Estimator, state: dict | None = None) -> None:
         #: CUDA: eager steps are bound by the host issuing dispatches; a CPU's op timings
         #: already include their dispatch
         self.host_bound = est.is_cuda
@@ -91,7 +92,10 @@ class InModelCorrection:
         self._glue_us = est.glue_us_per_dispatch
         #: CPU: µs per loop-glue dispatch (measured host_glue, else the launch overhead)
         self._glue_floor_us = self._glue_us if self._glue_us is not None else (self._launch_us or 0.0)
-        decoders = decoder_groups(est.profile.rows, est.dtype)
+        if state is not None:
+            self._restore(state)
+            return
+        decoders = decoder_groups(est.profile.columns(), est.dtype)
         #: CPU, per phase: Hugging Face's framework cost, priced outside the concat factor
         self.framework: dict[str, FrameworkCost] = ({} if self.host_bound else fit_framework(
             est, {k: v for k, v in decoders.items() if k[0] == FRAMEWORK_OP}))
@@ -120,6 +124,25 @@ class InModelCorrection:
 
     def __bool__(self) -> bool:
         return bool(self.rows)
+
+    def state(self) -> dict:
+        """Everything fitted, every law included (fitted now if it was not yet): what
+        ``InModelCorrection(est, state)`` restores without the whole-decoder op sums or scipy."""
+        return dict(rows={k: [vars(r) for r in rs] for k, rs in self.rows.items()},
+                    framework={p: (f.step_us, f.us_per_dispatch, f.rows) for p, f in self.framework.items()},
+                    laws=self.laws.fit_all(),
+                    host={k: (h.us_per_dispatch, h.device_factor, h.p, h.rows)
+                          for k, h in (self.host_issue_fits().items() if self.host_bound else ())},
+                    first_touch=None if self.first_touch() is None else
+                    (self.first_touch().us_per_mib, self.first_touch().rows))
+
+    def _restore(self, state: dict) -> None:
+        self.rows = {k: [DecoderRow(**r) for r in rs] for k, rs in state["rows"].items()}
+        self.framework = {p: FrameworkCost(*f) for p, f in state["framework"].items()}
+        self.laws = FactorLaws.from_fits(self.rows, state["laws"])
+        self._host = {k: HostIssue(*h) for k, h in state["host"].items()} if self.host_bound else None
+        ft = state["first_touch"]
+        self._first_touch = None if ft is None else FirstTouch(*ft)
 
     def has_own_rows(self, method: str) -> bool:
         """Whether ``method``'s own executor has whole-decoder rows (used on a CPU)."""

@@ -24,10 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from pis.models import ModelSpec
-from pis.simulator.inmodel.rows import DIMS, DecoderRow
+from pis.simulator.inmodel.rows import DIMS, OP_FOR_KV_CACHE, DecoderRow
 from pis.simulator.points import Points
 
 
+#: The dense executors (cache disciplines); every other executor of a row is a routed family.
+DENSE_EXECUTORS: frozenset[str] = frozenset(OP_FOR_KV_CACHE)
 #: Bounds of ρ, the other ops' factor over the GEMMs'.
 OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
 
@@ -169,6 +171,32 @@ class FactorLaws:
             fit = least_squares(residual, np.concatenate([[0.0], one]), bounds=([lo, *free[0]], [hi, *free[1]]))
             self._fits[cached] = ((float(np.exp(fit.x[0])), fit.x[1:]), box)
         return self._fits[cached]
+
+    def fit_all(self) -> dict[tuple, tuple]:
+        """Fit every law the rows support (each decoder and phase) and return them all, keyed as
+        they are kept (to store them: :meth:`from_fits` restores the laws without fitting)."""
+        for ex, dims in self.rows:
+            if (ex, dims) in self._narrowed:
+                continue
+            for phase in ("prefill", "decode"):
+                rows = self.phase_rows((ex, dims), phase)
+                if not rows:
+                    continue
+                query = [np.ones(1)] * (1 if phase == "prefill" else 2)
+                if ex not in DENSE_EXECUTORS:
+                    self._fit((ex, dims, phase), rows, query + [np.zeros(1)], routed=True)
+                elif self.narrow_rows((ex, dims), phase):
+                    self.split_fit((ex, dims), phase)
+                else:
+                    self._fit((ex, dims, phase), rows, query)
+        return dict(self._fits)
+
+    @classmethod
+    def from_fits(cls, rows: dict[tuple, list[DecoderRow]], fits: dict[tuple, tuple]) -> "FactorLaws":
+        """The laws of ``rows`` with the fits :meth:`fit_all` returned for them."""
+        laws = cls(rows)
+        laws._fits.update(fits)
+        return laws
 
     def splits(self) -> list[dict]:
         """Per decoder with a narrow-FFN companion and phase: ρ (the other ops' factor over the

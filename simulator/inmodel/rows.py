@@ -9,7 +9,6 @@ every term of the in-model correction is fitted to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,9 +20,6 @@ from pis.simulator.opgraph import LM_HEAD
 from pis.simulator.opsum import OpSums, evaluate
 from pis.simulator.points import Points
 from pis.simulator.pruning import build_ops
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: Dimensions that identify the decoder a whole-decoder row measured.
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
@@ -74,21 +70,23 @@ def decoder_spec(dims: tuple[int, ...], layers: int) -> ModelSpec:
     return ModelSpec("decoder", **dict(zip(DIMS, dims)), layers=layers, vocab=1)
 
 
-def decoder_groups(rows: "pd.DataFrame", dtype: str) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Measured whole-decoder rows of ``dtype`` per decoder, ``(op, dims, layers, phase,
-    sparsity) -> (batch, length, median_us)`` arrays, so that each decoder's op sums are one
-    vectorized evaluation."""
-    rows = rows[rows["op"].isin([*EXECUTOR_OF_OP, FRAMEWORK_OP]) & (rows["status"] == STATUS_OK)
-                & (rows["dtype"] == dtype)]
+def decoder_groups(columns: dict[str, np.ndarray], dtype: str) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Measured whole-decoder rows of ``dtype`` (profile :meth:`~pis.profiles.store.Profile.columns`)
+    per decoder, ``(op, dims, layers, phase, sparsity) -> (batch, length, median_us)`` arrays, so
+    that each decoder's op sums are one vectorized evaluation."""
+    c = columns
+    wanted = set(EXECUTOR_OF_OP) | {FRAMEWORK_OP}
+    sel = (c["status"] == STATUS_OK) & (c["dtype"] == dtype) & np.array([o in wanted for o in c["op"]], dtype=bool)
     routed = set(ROUTED_DECODER_OPS.values())
     groups: dict[tuple, list] = {}
-    for r in rows.itertuples(index=False):
-        phase = "prefill" if int(r.causal) else "decode"
-        length = int(r.q_len) if phase == "prefill" else int(r.kv_len)
-        s = float(r.sparsity_pct) / 100.0 if r.op in routed else 0.0
-        key = (r.op, tuple(int(getattr(r, d)) for d in DIMS), int(r.layers), phase, s)
-        groups.setdefault(key, []).append((int(r.batch), length, float(r.median_us)))
-    return {k: tuple(np.array(c) for c in zip(*v)) for k, v in groups.items()}
+    for i in np.flatnonzero(sel):
+        op = str(c["op"][i])
+        phase = "prefill" if int(c["causal"][i]) else "decode"
+        length = int(c["q_len"][i]) if phase == "prefill" else int(c["kv_len"][i])
+        s = float(c["sparsity_pct"][i]) / 100.0 if op in routed else 0.0
+        key = (op, tuple(int(c[d][i]) for d in DIMS), int(c["layers"][i]), phase, s)
+        groups.setdefault(key, []).append((int(c["batch"][i]), length, float(c["median_us"][i])))
+    return {k: tuple(np.array(v) for v in zip(*rows)) for k, rows in groups.items()}
 
 
 def decoder_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
