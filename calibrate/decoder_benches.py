@@ -36,7 +36,7 @@ def _untimed_call(step: Step) -> Callable[[], object]:
 
 
 def _decoder_spec(s: Shape) -> ModelSpec:
-    return ModelSpec("context-check", hidden=int(s["hidden"]), ffn=int(s["ffn"]), layers=int(s["layers"]),
+    return ModelSpec("decoder-row", hidden=int(s["hidden"]), ffn=int(s["ffn"]), layers=int(s["layers"]),
                      heads=int(s["heads"]), kv_heads=int(s["kv_heads"]), head_dim=int(s["head_dim"]),
                      vocab=1024)
 

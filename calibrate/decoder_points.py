@@ -38,7 +38,7 @@ DECODER_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[t
 
 
 #: Sparsities of the routed decoders' rows: two, so that a simulation between them interpolates
-#: (the validation suites run 0.5, which no row measures).
+#: (the validation suites simulate sparsity 0.5, which no row measures).
 ROUTED_DECODER_SPARSITIES: tuple[float, ...] = (0.25, 0.75)
 #: Batch and context axes of the routed decoders' decode rows (a corner subset of the dense
 #: rows' grid: twelve rows per family instead of thirty).
@@ -48,7 +48,7 @@ ROUTED_DECODE_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 #: CPU grids (not tiny) also time the Hugging Face decoder (``dense_decoder``) at the same
-#: points with its FFN this many times narrower (aligned to 64), so the in-context model can
+#: points with its FFN this many times narrower (aligned to 64), so the in-model correction can
 #: tell the GEMMs' excess from the other ops' (their shares differ between the two widths; at one
 #: width the GEMM and non-GEMM op sums rise together and no fit can separate them).
 NARROW_FFN_DIVISOR = 4
@@ -60,11 +60,11 @@ def narrow_dims(dims: dict[str, int]) -> dict[str, int]:
 
 
 #: The decoder_framework rows (CPU grids, not tiny): Hugging Face's decoder at a width where its
-#: ops' work is negligible, at four depths and two small points per phase, so that the framework's
-#: cost per step splits into a constant and a cost per framework op (simulator/context.py).
+#: ops' work is negligible, at four depths and two small points per phase, so that the framework
+#: cost per step splits into a constant and a cost per dispatch (simulator/inmodel/framework.py).
 FRAMEWORK_DIMS: dict[str, int] = dict(hidden=64, ffn=128, heads=2, kv_heads=1, head_dim=32)
-#: 1 to 8 layers: on the 2-core VM, depths 2 and 4 alone split step from per-op cost with
-#: 3.9-6.6 µs per op over three back-to-back measurements, 1 to 8 with 5.0-6.1.
+#: 1 to 8 layers: a spread of depths pins the cost per dispatch down more steadily than the two
+#: depths a split needs at least, which leave it at the mercy of one noisy measurement.
 FRAMEWORK_LAYERS: tuple[int, ...] = (1, 2, 4, 8)
 FRAMEWORK_SHAPES: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = (
     ((1, 32), (1, 64)), ((1, 256), (1, 1024)))
@@ -94,16 +94,16 @@ def decoder_points(name: str, device_kind: str, dims: dict[str, int] | None = No
         base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
     prefill, decode = decoder_shapes(name, device_kind)
     pts = [pt for op in DECODER_OPS for pt in _decoder_points(op, prefill, decode, **base)]
-    # Routed decoders: CPU grids only so far (their GPU in-context model, the host fit, is
-    # fitted to dense rows; see simulator/context.py), and not the seconds-long tiny grid.
+    # Routed decoders: CPU grids only (the GPU's in-model correction, the host-issue model, is
+    # fitted to dense rows; see simulator/inmodel/host_issue.py), and not the seconds-long tiny grid.
     if kind in ROUTED_DECODE_AXES and not tiny:
         routed_decode = tuple(itertools.product(*ROUTED_DECODE_AXES[kind]))
         for op in ROUTED_DECODER_OPS.values():
             for pct in (round(100 * s) for s in ROUTED_DECODER_SPARSITIES):
                 pts += _decoder_points(op, prefill, routed_decode, sparsity_pct=pct, **base)
-        # The narrow Hugging Face decoder: CPU only too (the GPU host fit has one device factor).
+        # The narrow Hugging Face decoder: CPU only too (the GPU host-issue model has one device factor).
         pts += _decoder_points(DECODER_OPS[0], prefill, decode, **narrow_dims(base))
-        # Hugging Face's framework cost: CPU only too (the GPU host model prices framework ops).
+        # Hugging Face's framework cost: CPU only too (the GPU host-issue model prices dispatches).
         for layers in FRAMEWORK_LAYERS:
             pts += _decoder_points(FRAMEWORK_OP, *FRAMEWORK_SHAPES, **dict(FRAMEWORK_DIMS, layers=layers))
     return pts

@@ -1,7 +1,7 @@
 """Named calibration grids: which (op, shape) points a run measures, per device kind.
 
-``tiny`` is for tests (seconds), ``quick`` a first usable profile (CPU: about three minutes on a
-2-core machine), ``default`` the recommended profile, ``full`` a denser one.
+``tiny`` is for tests (seconds), ``quick`` a first usable profile (minutes), ``default`` the
+recommended profile, ``full`` a denser one.
 
 GPU grids follow where LLM inference lives: GEMM rows M from 1 to 65536, densely at small M
 (decode: M = batch), N and K from 256 to 32768 (log-spaced, plus small widths for routers,
@@ -199,10 +199,10 @@ def model_attention_points(name: str, device_kind: str, dims: dict[str, int]) ->
     """Attention at the model's own head_dim and (query heads, KV heads) pairs: dense, every
     static-width head count (K/V heads stay), and dynamic width's per-group attention.
 
-    The grid's generic head pairs rarely include the model's GQA ratio, and interpolating
-    attention across GQA ratios missed decode by 14-55 % on the CPU validation model. Batch and
-    lengths are the grid's axes plus those of the whole-decoder points (:func:`decoder_points`),
-    so the op sums the in-context factor divides by hold measured attention too.
+    The grid's generic head pairs rarely include the model's GQA ratio, and attention
+    interpolated across GQA ratios misses decode badly. Batch and lengths are the grid's axes
+    plus those of the whole-decoder points (:func:`decoder_points`), so the op sums the in-model
+    factor divides by hold measured attention too.
     """
     spec = grid_spec(name, device_kind)
     m = ModelSpec("grid-model", hidden=int(dims["hidden"]), ffn=int(dims["ffn"]), layers=int(dims["layers"]),
@@ -282,7 +282,7 @@ def _tier(p: Point) -> int:
     if not p.shape:  # overhead, host_glue: one cheap scalar each
         return 0
     if p.op in WHOLE_DECODER_OPS:
-        # Few (tens) but they set every prediction's in-context factor: a run cut short by
+        # Few (tens) but they set every prediction's in-model factor: a run cut short by
         # --time-budget should keep them rather than the largest GEMMs of tier 4.
         return 3
     if p.op == "gemm" and s["m"] <= 16:
@@ -351,10 +351,9 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
 
 
 #: How many times each whole-decoder point is measured, per device kind (tiny grids: once).
-#: They set the absolute level of every in-context prediction, and on the shared 2-core VM a
-#: single pass caught the machine in different states: the dense decoder at batch 1, context
-#: 1024 read 11.1-15.8 ms across six calibrations of one day, 10.8-11.1 ms back to back on a
-#: quiet VM. The median of passes spread over the run is less at the mercy of one slow window.
+#: They set the absolute level of every in-model prediction, and on a shared machine a single
+#: pass can land in a slow window and set them all high. The median of passes spread over the
+#: run is less at the mercy of one slow window.
 DECODER_PASSES: dict[str, int] = {"cpu": 3, "cuda": 1}
 
 

@@ -23,7 +23,7 @@ with the same meaning of the shape columns as the schema:
 * ``kv_concat(numel)``: ``torch.cat([cache, new_token])`` copying numel cached elements.
 * ``overhead``: wall time per call of a stream of tiny ops (one-element ``add``), i.e. the rate
   at which eager PyTorch issues ops; on CUDA this is the per-op launch floor.
-* ``host_glue``: wall time per framework op of the glue a routing loop issues between its
+* ``host_glue``: wall time per dispatch of the loop glue a routing loop issues between its
   kernels (view, transpose, unsqueeze, select, slice, reshape, an index tensor built from a
   Python list, a small ``index_select``), the mix pis's reference decoder's loops run.
 """
@@ -50,7 +50,7 @@ ROPE_DIM = 128
 KV_ROW = 128
 #: Tiny ops issued per sample of the overhead op.
 OVERHEAD_INNER = 200
-#: Rounds of the glue mix per sample of the host_glue op, and framework ops per round
+#: Rounds of the glue mix per sample of the host_glue op, and dispatches per round
 #: (torch.tensor from a list is two: the tensor and its copy to the device).
 GLUE_ROUNDS = 25
 GLUE_OPS_PER_ROUND = 9
@@ -66,7 +66,7 @@ class Bench:
     inner: int = 1
     wall: bool = False
     #: a whole-model bench that needs an untimed setup per repeat measures itself
-    #: (the same discipline, see :func:`pis.calibrate.timing.measure_runner`)
+    #: (the same discipline, see :func:`pis.calibrate.timing.measure_step`)
     timed: "Callable[[], tuple[float, float, float, int]] | None" = None
     #: False: never time CUDA-graph replays of it (its host work is part of its real cost)
     graphs: bool = True
@@ -77,7 +77,7 @@ Builder = Callable[[Shape, torch.dtype, torch.device], Bench]
 
 
 def _rand(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # uniform_ in place is ~3x faster than randn on the CPU, and large weights dominate setup.
+    # uniform_ in place is much faster than randn on the CPU, and large weights dominate setup.
     return torch.empty(shape, dtype=dtype, device=device).uniform_(-1.0, 1.0)
 
 
@@ -116,15 +116,15 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
 
 #: CPU: GEMM weights are views into one random pool this large, rotated call by call. A real
 #: decoder reads each layer's weights once per forward, so they arrive from DRAM, not from
-#: the cache a single reused weight would sit in (measured here: 2-3.5x faster when warm).
+#: the last-level cache a single reused weight would sit in (and run much faster from).
 #: The GPU timer flushes L2 between repeats instead.
 CPU_WEIGHT_POOL_BYTES = 1 << 30
 _pool: dict[tuple, torch.Tensor] = {}
-#: Where in each pool the next tensor set starts (elements), shared by all benches. Without it
-#: every bench rotated from the pool's start, so consecutive points of one weight shape (the
-#: grid runs M fastest) re-read the sets the previous point had just left in the LLC: a small
-#: weight's 50 quick-grid repeats span only ~70 MB of this VM's 480 MB L3, and 1024x352 GEMMs
-#: were stored 26-38 % below their cold time (cold, as inside a decoder).
+#: Where in each pool the next tensor set starts (elements), shared by all benches. A bench
+#: goes on where the previous one stopped instead of at the pool's start: consecutive points of
+#: one weight shape (the grid runs M fastest) would otherwise re-read the sets the previous
+#: point just left in the last-level cache (a small weight's repeats span only a fraction of
+#: it) and be stored below their cold time (cold, as inside a decoder).
 _cursor: dict[tuple, int] = {}
 
 
@@ -203,10 +203,10 @@ def build_gemm_2to4(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
         raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
     kind = type(w).__name__.lower()  # SparseSemiStructuredTensorCUSPARSELT / ...CUTLASS
     backend = next((b for b in ("cusparselt", "cutlass") if b in kind), "semi-structured")
-    # Timed eagerly even when calibration replays CUDA graphs: eager PyTorch pays hundreds of
-    # µs of host work per semi-structured linear (the tensor subclass's Python dispatch and
-    # the cuSPARSELt call), which a graph replay hides and the events of an eager call catch.
-    # On the lent H100, graph-replayed 2:4 rows under-predicted eager 2:4 decoders by 58-89 %.
+    # Timed eagerly even when calibration replays CUDA graphs: eager PyTorch pays much host
+    # work per semi-structured linear (the tensor subclass's Python dispatch and the cuSPARSELt
+    # call), which a graph replay hides and the events of an eager call catch, so
+    # graph-replayed 2:4 rows under-predict eager 2:4 decoders.
     return Bench(lambda: F.linear(x, w), f"2:4-{backend}", graphs=False)
 
 
@@ -341,9 +341,9 @@ def build_kv_concat(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
 
     On CPU the copy lands in one preallocated tensor: the row is the copy alone. A fresh
     output above glibc's mmap threshold (32 MiB) would also fault in its pages, or not,
-    depending on what the process freed before (in one calibration a 64 MiB append ran at
-    32 GB/s and a 128 MiB one at 8); the simulator adds that cost where the real decoder pays
-    it (:data:`pis.simulator.context.FRESH_ALLOC_THRESHOLD`)."""
+    depending on what the process freed before, and the row would swing with it; the
+    simulator adds that cost where the real decoder pays it (first-touch pages,
+    :data:`pis.allocator.FRESH_ALLOC_THRESHOLD`, :mod:`pis.simulator.inmodel.first_touch`)."""
     rows = max(1, int(s["numel"]) // KV_ROW)
     new = _rand(1, KV_ROW, dtype=dtype, device=device)
     if device.type == "cpu":

@@ -294,7 +294,7 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
     done = keys_of(rows) if len(rows) else set()
     if passes > 1:
         meta[PASSES_META] = recorded
-        # A row measured before passes were recorded (an older file) is its first pass.
+        # A row the file holds without recorded passes (one pass, or an older file) is its first pass.
         for r in rows[rows["op"].isin(WHOLE_DECODER_OPS)].to_dict("records"):
             recorded.setdefault(_pass_key(row_key(r)), [{f: _plain(r.get(f)) for f in _PASS_FIELDS}])
 

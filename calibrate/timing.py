@@ -18,7 +18,7 @@ the point takes about ``target_s`` (clamped to ``[min_repeats, max_repeats]``). 
 ``(p90 - p10) / median`` exceeds ``max_spread`` the point is measured again with twice the
 repeats, up to ``retries`` times, and the measurement with the lowest median is kept:
 interference from other processes only ever adds time, and on a shared machine one burst
-can cover most repeats of a point (seen here: a 0.7 ms GEMM measured at 8 ms, p10 0.75 ms).
+can cover most repeats of a point and multiply its median.
 """
 
 from __future__ import annotations
@@ -264,9 +264,9 @@ def warm_allocator() -> None:
 
     A young process maps every block over 128 KiB afresh and trims its heap back after each free;
     freeing a mapped block raises both thresholds to its size (glibc's dynamic mmap threshold).
-    Without this, ``pis-calibrate --only rmsnorm`` in a fresh process recorded RMSNorm at 1-32 MiB
-    4-7x slower than the shipped profile, and ``pis-validate``'s first drift probe read the 16 MiB
-    RMSNorm and SiLU rows 4.2 and 4.5x slow while its later rounds read them at the profile's speed.
+    Without this, a fresh process (``pis-calibrate --only``, the first round of ``pis-validate``'s
+    drift probe) times memory-bound ops on tensors between 128 KiB and that threshold several
+    times slower than a process that has run a model does, paying for page faults no model pays.
     """
     torch.empty(FRESH_ALLOC_THRESHOLD - 2**20, dtype=torch.uint8)  # mapped, then freed at once
 
@@ -299,10 +299,10 @@ class CpuCacheFlush:
     """Evicts the CPU's last-level cache by overwriting a buffer 1.5x its size (at most 1 GiB).
 
     A whole-model timing on the CPU repeats one step; a small model's weights then stay in a
-    large last-level cache between repeats (this VM: 480 MiB of L3 holds the 217 MB validation
+    large last-level cache between repeats (a server CPU's L3 can hold a whole validation
     model), while a real LLM's weights stream from DRAM every step. Flushing before each repeat
     times the stand-in model the way its full-size original runs, as the GEMM weight pool does
-    for single ops (on this VM, 1.5x L3 evicts as well as more; 30-45 ms per flush).
+    for single ops; 1.5x the cache evicts as well as a larger buffer does.
     """
 
     def __init__(self, llc_bytes: int | None = None) -> None:

@@ -41,7 +41,7 @@ def _ceil(x: float) -> int:
 
 @dataclass(frozen=True)
 class RefOptions:
-    """Routing knobs (the same defaults as :class:`pis.simulator.pruning.PruneOptions`)."""
+    """Routing knobs (the same defaults as :class:`pis.pruned.PruneOptions`)."""
 
     router_rank: int = 16
     block: int = 64
@@ -107,7 +107,7 @@ def gather_blocks(cache: torch.Tensor, idx: torch.Tensor, block: int) -> torch.T
 
     One ``index_select`` over the cache viewed as rows of whole blocks: the copy the op graph
     prices. (Advanced indexing ``cache[b, g, idx]`` gives the same tensor through a generic
-    index kernel, 25-35 % slower on the CPU for the validation model's cold cache.)
+    index kernel, slower on the CPU for a cold cache.)
     """
     b, g, n, d = cache.shape
     nb, kept = n // block, idx.shape[-1]
@@ -438,7 +438,8 @@ def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device
     """The reference decoder of ``method`` at sparsity ``s`` (random weights, eval)."""
     torch.manual_seed(0)
     # The executor keeps the cache discipline the prediction assumes: --kv-cache preallocated
-    # (what Config.options asks for the reference decoder) writes the new token in place.
+    # (what :meth:`pis.validate.suites.Config.options` asks for the reference decoder) writes
+    # the new token in place.
     ref_opts = RefOptions(router_rank=opts.router_rank, block=opts.block, ffn_groups=opts.ffn_groups,
                           inplace_cache=opts.kv_cache == "preallocated")
     with torch.device(device):

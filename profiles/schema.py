@@ -186,16 +186,16 @@ OPS: dict[str, OpKind] = {
         OpKind("dense_decoder", _DECODER_COLUMNS,
                "a whole dense decoder (no LM head) run end to end by Hugging Face transformers: "
                "prefill (causal = 1) or one decode step with a DynamicCache of kv_len (causal = 0); "
-               "the in-context check of the op sum for --kv-cache concat (see simulator/context.py)",
+               "the in-model check of the op sum for --kv-cache concat (see simulator/inmodel/)",
                _decoder_flops, _decoder_bytes),
         OpKind("dense_decoder_prealloc", _DECODER_COLUMNS,
                "the same decoder run by pis's plain-PyTorch reference decoder, decode writing into "
-               "a preallocated KV cache in place: the in-context check for --kv-cache preallocated",
+               "a preallocated KV cache in place: the in-model check for --kv-cache preallocated",
                _decoder_flops, _decoder_bytes),
         *(OpKind(op, _DECODER_COLUMNS + ("sparsity_pct",),
                  f"a whole {family} decoder (no LM head) run end to end by pis's reference decoder at "
                  f"sparsity sparsity_pct / 100, decode writing a preallocated cache in place: that "
-                 f"family's own in-context check (its loops and gathers do what no dense decoder does)",
+                 f"family's own in-model check (its loops and gathers do what no dense decoder does)",
                  _decoder_flops, _decoder_bytes)
           for family, op in ROUTED_DECODER_OPS.items()),
         OpKind("decoder_framework", _DECODER_COLUMNS,
@@ -203,10 +203,10 @@ OPS: dict[str, OpKind] = {
                "or one decode step: what its framework costs per step (Python modules, mask and "
                "cache handling, dispatch) apart from its ops' work; timed at several depths (schema v4)",
                _decoder_flops, _decoder_bytes),
-        OpKind("overhead", (), "an empty kernel launch / per-op framework overhead",
+        OpKind("overhead", (), "an empty kernel launch / per-dispatch overhead",
                _zero, lambda s, e: _zero(s)),
-        OpKind("host_glue", (), "host time per framework op of an eager loop's glue (views, "
-               "slices, small index tensors, index_select): what a Python loop adds between kernels",
+        OpKind("host_glue", (), "host time per dispatch of an eager loop's glue (views, slices, "
+               "small index tensors, index_select): the loop glue a Python loop adds between kernels",
                _zero, lambda s, e: _zero(s)),
     )
 }
@@ -214,12 +214,12 @@ OPS: dict[str, OpKind] = {
 #: Memory-bound ops: their latency depends on the element count alone.
 MEMORY_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.columns == ("numel",))
 
-#: Whole-decoder ops: not executed by a simulation, they calibrate its in-context factor
+#: Whole-decoder ops: not executed by a simulation, they calibrate its in-model factor
 #: (``dense_decoder`` for --kv-cache concat, ``dense_decoder_prealloc`` for preallocated).
 DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
 #: The Hugging Face decoder at a negligible width: its framework cost per step (schema v4).
 FRAMEWORK_OP = "decoder_framework"
-#: Every whole-decoder op, dense and routed: measured for the in-context model, never executed.
+#: Every whole-decoder op, dense and routed: measured for the in-model correction, never executed.
 WHOLE_DECODER_OPS: tuple[str, ...] = DECODER_OPS + tuple(ROUTED_DECODER_OPS.values()) + (FRAMEWORK_OP,)
 
 #: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).

@@ -1,11 +1,11 @@
-"""Dispatches: how many framework ops (ATen calls) the host issues for each op of the graph.
+"""Dispatches: how many ATen calls the host issues for each op of the graph.
 
 An eager PyTorch decoder issues every op from Python; each dispatch (a GEMM, but also each view,
 transpose, cast and slice of Hugging Face's own glue) costs the host some microseconds. On a
 GPU that time is the host-issue term of the in-model correction (:mod:`pis.simulator.inmodel`);
 on a CPU it prices Hugging Face's framework cost per dispatch.
 
-Every op group carries ``dispatches``: how many framework ops one call of it issues in the
+Every op group carries ``dispatches``: how many dispatches one call of it issues in the
 executors ``pis-validate`` runs (Hugging Face Llama and pis's reference decoder), glue included.
 These are counted, not guessed: ``tests/test_dispatch.py`` counts the executors' dispatches with
 a ``TorchDispatchMode`` and checks the totals against them.
@@ -13,8 +13,8 @@ a ``TorchDispatchMode`` and checks the totals against them.
 
 from __future__ import annotations
 
-#: Op kind of a loop-glue group: framework work with no kernel of its own (a Python loop's
-#: indexing, views and index tensors). The estimator predicts no device time for it.
+#: Op kind of a loop-glue group: host-only dispatches with no kernel of their own (a Python
+#: loop's indexing, views and index tensors). The estimator predicts no device time for it.
 GLUE_OP = "glue"
 
 #: Dispatches one call of each op kind issues in Hugging Face's Llama (transformers 5.x, decode):

@@ -49,8 +49,8 @@ def topk(name: str, m: Arr, n: Arr, k: Arr, count: Arr) -> OpGroup:
 
 
 def loop_glue(name: str, dispatches_per_call: Arr, count: Arr) -> OpGroup:
-    """``count`` stretches of framework work with no kernel of their own (a Python loop's
-    indexing, views and index tensors): ``dispatches_per_call`` dispatches each, no device time."""
+    """``count`` stretches of loop glue: host-only dispatches with no kernel of their own (a
+    Python loop's indexing, views and index tensors), ``dispatches_per_call`` each, no device time."""
     return OpGroup(name, GLUE_OP, {}, count, "glue", dispatches=np.asarray(dispatches_per_call, dtype=np.float64))
 
 

@@ -2,7 +2,8 @@
 
 A pruning family maps (model spec, design points, options) to a list of :class:`OpGroup`.
 Every shape array and count has one entry per design point (or broadcasts to it), so one
-call covers a whole sweep slice — this is what makes sweeps of 10^5 points per second possible.
+call covers a whole sweep slice — this is what makes sweeps fast (numpy over the points, not
+a Python loop per point).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class OpGroup:
     #: counts only; latency still comes from the full shape). Unstructured sparsity uses it:
     #: masked weights run dense kernels, but a perfect sparse kernel would do (1 - s) of the work.
     work_scale: np.ndarray = field(default_factory=lambda: np.ones(()))
-    #: dispatches (framework ops the host issues) of one call; None: the op kind's default
+    #: dispatches the host issues for one call; None: the op kind's default
     #: (:data:`pis.simulator.dispatch.DISPATCHES_PER_CALL`)
     dispatches: "np.ndarray | None" = None
 

@@ -1,17 +1,17 @@
 """Machine drift: is this device as fast now as when its profile was measured?
 
-A shared machine's speed moves: on the 2-core CI VM the same validation suite, on the same
-profile and code, measured 5.8 % (median) slower twenty minutes after a first run, and a
-quick suite after that 10 % slower. A prediction error computed across such a drift mixes the
-simulator's error with the machine's. So ``pis-validate`` re-measures a few of the profile's
-own points, with calibration's bench and timer, before every round; the median ratio
-``now / then`` is the machine's drift, reported next to the errors (and used for the
-``drift_adjusted_error_pct`` column, a diagnostic: the headline error is never adjusted).
+A shared machine's speed moves: the same validation suite, on the same profile and code, can
+measure several percent slower some minutes after a first run. A prediction error computed
+across such a drift mixes the simulator's error with the machine's. So ``pis-validate``
+re-measures a few of the profile's own points, with calibration's bench and timer, before
+every round; the median ratio ``now / then`` is the machine's drift, reported next to the
+errors (and used for the ``drift_adjusted_error_pct`` column, a diagnostic: the headline
+error is never adjusted).
 
 What it resolves: gross slowdowns, such as another process holding one of the cores. Drifts
-of a few percent it does not: over six back-to-back quick suites here the probe read -3.0 to
-+4.4 % while the suite moved 0 to -4.9 %, uncorrelated (``benchmarks/drift_tracking.py``),
-although the probe repeats within 1 % back to back. Single ops and whole models wander apart.
+of a few percent it does not: at that scale the probe's reading and the suite's move are
+uncorrelated (``benchmarks/experiments/drift_tracking.py``), although the probe repeats
+closely back to back. Single ops and whole models wander apart.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def probe_rows(profile: Profile, dtype: str, per_op: int = 2) -> list[tuple[str,
     The rows are spread evenly over the op's stored medians within :data:`PROBE_RANGE_US`, so
     the choice is deterministic for a given profile. Rows whose op returns a tensor at or over
     glibc's mmap threshold are left out: whether its pages fault in depends on what the process
-    freed before, not on the machine's speed (the shipped CPU profile's 32 MiB RMSNorm row,
-    4.7 ms at calibration, re-measured at 23.9 ms in a fresh process).
+    freed before, not on the machine's speed, and such a row re-measured in a fresh process can
+    read several times its stored time.
     """
     itemsize = DTYPE_BYTES[dtype]
     rows = profile.rows

@@ -75,8 +75,8 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
     (:data:`SPEEDUP_KEY`), measured and predicted, and ``speedup_error_pct`` between them.
 
     This is the figure a pruning study reads. A common error of the absolute level (the machine
-    running slower than at calibration, the in-context factor's own scatter) cancels in it, so
-    it shows how well the op graph and the in-context model carry from dense to pruned. Rows
+    running slower than at calibration, the in-model factor's own scatter) cancels in it, so
+    it shows how well the op graph and the in-model correction carry from dense to pruned. Rows
     without a measured dense counterpart, and the dense rows themselves, stay NaN.
     """
     out = report.copy()
@@ -95,9 +95,10 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
 def summarize_report(report: pd.DataFrame) -> pd.DataFrame:
     """Median and max |error| per family and phase, plus an overall row (ok rows only).
 
-    ``*_abs_error_pct`` score the prediction (the op sum in context); ``ops_*`` score the
-    plain op sum, so the report shows what the factor contributes; ``speedup_*`` score the
-    predicted speedup over dense (:func:`with_speedups`; NaN for dense and without one).
+    ``*_abs_error_pct`` score the prediction (the op sum with the in-model correction);
+    ``ops_*`` score the plain op sum, so the report shows what the correction contributes;
+    ``speedup_*`` score the predicted speedup over dense (:func:`with_speedups`; NaN for dense
+    and without one).
     """
     ok = report[report["status"] == "ok"].copy()
     ok["abs_error_pct"] = ok["error_pct"].abs()
