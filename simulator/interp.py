@@ -49,8 +49,11 @@ _SHEAR = 0.1
 #: Barycentric tolerance: queries on the hull boundary (e.g. the largest measured M) are inside.
 _BARY_TOL = 1e-9
 #: Up to this many queries, a kept :class:`Mesh` is searched with numpy (no scipy import); more
-#: queries take scipy's directed walk.
+#: queries take scipy's directed walk, and so does every query once scipy's triangulation is built
+#: or this interpolator has searched :data:`SEARCH_BUDGET` queries with numpy (a search costs a
+#: pass over every simplex; scipy's walk a few steps).
 SEARCH_AT_MOST = 64
+SEARCH_BUDGET = 256
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class LogInterpolator:
         #: the triangulation as arrays (None: rank < 2, too few points, or Qhull failed)
         self.mesh: Mesh | None = None
         self._tri: "Delaunay | None" = None
+        self._searched = 0
         if self.rank == 1:
             order = np.argsort(self.coords[:, 0], kind="stable")
             self._t, self._ty = self.coords[order, 0], self.values[order]
@@ -156,7 +160,8 @@ class LogInterpolator:
             mesh = self.mesh
             z = z @ mesh.shear.T
             simplex = np.full(len(Fq), -1)
-            if on.sum() <= SEARCH_AT_MOST:
+            if self._tri is None and on.sum() <= SEARCH_AT_MOST and self._searched < SEARCH_BUDGET:
+                self._searched += int(on.sum())
                 simplex[on] = mesh.find(z[on])
             else:
                 tri = self.tri
