@@ -3,13 +3,14 @@
 Per round: the probe's reading (``pis.validate.drift.measure_drift``: a dozen of the profile's
 points re-measured) next to how much the suite's own measurements moved since round 0 (median
 ratio over the configurations) and the suite's signed median error. If the probe tracks the
-machine, the first two columns move together.
+machine, the first two columns move together. CPU only.
 
-    python benchmarks/drift_tracking.py --profile cpu.parquet --rounds 6 [--out drift.csv]
+    python benchmarks/experiments/drift_tracking.py --profile cpu.parquet --rounds 6 [--out drift.csv]
 
-2-core VM, 2026-11-26, six rounds (~9 min): the probe read -3.0 to +4.4 % while the suite moved
-0 to -4.9 %, with no correlation between them; back to back, the probe alone repeats within
-1 % (std). So it does not resolve drifts of a few percent on this machine.
+On the 2-core VM (2026-11-26, six rounds, ~9 min) the probe reads -3.0 to +4.4 % while the
+suite moves 0 to -4.9 %, with no correlation between them; back to back, the probe alone
+repeats within 1 % (std). So it does not resolve drifts of a few percent on this machine.
+The rounds of that day: ``benchmarks/results/archive/drift_tracking_2026-11-26.csv``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pis.simulator.api import Simulator
 from pis.validate.drift import measure_drift
-from pis.calibrate.validate import EFFORT, run_configs, suite_configs
-from pis.profiles.shipped import resolve_profile
-from pis.profiles.store import load_profile
-from pis.simulator.estimator import Estimator
+from pis.validate.run import EFFORT, run_configs
+from pis.validate.suites import suite_configs
 
 
 def main() -> None:
@@ -36,13 +36,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.out is not None and args.out.exists():
         ap.error(f"{args.out} exists; pick another --out")
-    est = Estimator(load_profile(resolve_profile(args.profile)))
+    sim = Simulator(args.profile)
     dev = torch.device("cpu")
-    configs = suite_configs("quick", dev)
+    configs = suite_configs("quick", dev.type)
     first, rows = None, []
     for i in range(args.rounds):
-        drift = measure_drift(est.profile, dev, est.dtype)
-        rep = run_configs(configs, est, dev, torch.float32, EFFORT["quick"])
+        drift = measure_drift(sim.profile, dev, sim.estimator.dtype)
+        rep = run_configs(configs, sim, dev, "fp32", EFFORT["quick"])
         measured = rep["measured_ms"].to_numpy()
         first = measured if first is None else first
         row = dict(round=i, probe_drift_pct=drift.median_pct,

@@ -1,11 +1,11 @@
 """Speedup error of `pis-validate` reports: predicted vs measured speedup over dense.
 
 Each pruned configuration is paired with the dense model of the same executor at the same
-point (`pis.calibrate.validate.with_speedups`); this prints, per report, the median and max
+point (`pis.validate.report.with_speedups`); this prints, per report, the median and max
 |speedup error| and how many configurations are past a threshold, over the families asked for
 (default: the static families, which run on Hugging Face beside the dense model).
 
-    python benchmarks/speedup_error.py REPORT.csv [REPORT.csv ...] [--families all] [--over 10]
+    python benchmarks/tools/speedup_error.py REPORT.csv [REPORT.csv ...] [--families all] [--over 10]
 
 Reports written before `speedup_error_pct` existed are paired here from their own columns.
 """
@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from pis.calibrate.validate import with_speedups
 from pis.profiles.schema import ROUTED_DECODER_OPS
 from pis.simulator.pruning import FAMILIES
+from pis.validate.report import with_speedups
 
 #: Families that run on Hugging Face beside the dense model: all but dense and the routed ones,
 #: which run on the reference decoder.

@@ -1,13 +1,16 @@
 """One-shot GPU check of pis-calibrate: tiny grid eager vs CUDA graphs, then a time-boxed quick grid.
 
-Usage (on a CUDA machine): ``python benchmarks/calibrate_gpu_check.py OUT_DIR [QUICK_MINUTES]``.
+On a CUDA machine:
+
+    python benchmarks/experiments/calibrate_gpu_check.py OUT_DIR [QUICK_MINUTES]
+
 Prints a short summary table last: per op the measured/skipped counts, backends, and the best
 achieved FLOP/s and bytes/s against the datasheet peaks in the profile metadata.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -38,8 +41,12 @@ def summary(path: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    quick_min = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="folder for the three profiles (tiny_eager, tiny_graph, quick)")
+    ap.add_argument("quick_minutes", type=float, nargs="?", default=4.0, help="time budget of the quick grid")
+    args = ap.parse_args()
+    out, quick_min = args.out, args.quick_minutes
+    out.mkdir(parents=True, exist_ok=True)
     print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), flush=True)
     runs = {}
     for name, graphs in (("tiny_eager", False), ("tiny_graph", True)):

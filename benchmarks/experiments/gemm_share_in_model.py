@@ -1,12 +1,12 @@
-"""Where does a Hugging Face step's in-context time go: GEMMs or the rest?
+"""Where does a Hugging Face step's in-model time go: GEMMs or the rest?
 
 Runs the CPU validation model (``CPU_SMALL``) dense and pruned, under ``torch.profiler`` (no
 cache eviction, warm), and prints per step the self CPU time of ``aten::mm`` against all other
 ops, beside the profile's op sums for the same model (GEMMs vs the rest, from
-``pis-simulate --breakdown``). The in-context factor scales the whole op sum; this shows which
-part of it really runs slower in the model.
+``pis-simulate --breakdown``). A single in-model factor would scale the whole op sum; this
+shows which part of it really runs slower in the model.
 
-    python benchmarks/gemm_share_in_model.py --profile cpu.parquet [--method low-rank] [--phase prefill --batch 1 --length 128]
+    python benchmarks/experiments/gemm_share_in_model.py --profile cpu.parquet [--method low-rank] [--phase prefill --batch 1 --length 128]
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pis.calibrate.validate import CPU_SMALL
-from pis.executors.hf import build_model
-from pis.profiles.shipped import resolve_profile
-from pis.profiles.store import load_profile
-from pis.simulator.estimator import Estimator
+from pis.executors import build_model
 from pis.pruned import PruneOptions
+from pis.simulator.api import Simulator
 from pis.simulator.sweep import sweep
+from pis.validate.suites import CPU_SMALL
 
 STEPS = 5
 
@@ -31,12 +29,12 @@ def in_model_ms(method: str, sparsity: float, phase: str, batch: int, length: in
     """(GEMM, everything else) self CPU ms per step of the model under the profiler."""
     model = build_model(CPU_SMALL, method, sparsity, torch.device("cpu"), torch.float32, PruneOptions())
     seq, ctx = (length, 0) if phase == "prefill" else (1, length)
-    runner = model.runner(phase, batch, seq, ctx)
+    step = model.step(phase, batch, seq, ctx)
 
     def call() -> None:
-        if runner.setup is not None:
-            runner.setup()
-        runner.step()
+        if step.setup is not None:
+            step.setup()
+        step.run()
 
     for _ in range(3):
         call()
@@ -58,12 +56,12 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=128, help="prompt length (prefill) or context (decode)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    est = Estimator(load_profile(resolve_profile(args.profile)))
+    sim = Simulator(args.profile)
     for method in args.method or ["dense", "low-rank"]:
         s = 0.0 if method == "dense" else args.sparsity
         gemm, rest = in_model_ms(method, s, args.phase, args.batch, args.length)
-        row = sweep(est, [CPU_SMALL], [method], [s], [args.phase], [args.batch], [args.length],
-                    [max(args.length, 1)], breakdown=True, in_context=False).iloc[0]
+        row = sweep(sim, [CPU_SMALL], [method], [s], [args.phase], [args.batch], [args.length],
+                    [max(args.length, 1)], breakdown=True, in_model=False).iloc[0]
         p_gemm = row["t_gemm_ms"]
         p_rest = sum(v for k, v in row.items() if k.startswith("t_") and k != "t_gemm_ms")
         print(f"{method} s={s} {args.phase} B={args.batch} L={args.length}: in the model GEMM {gemm:.2f} ms, "

@@ -3,9 +3,9 @@
 The validation suites test each family at one sparsity and three shapes. This measures one
 family (with the dense reference decoder beside it, as a control) over a wider map, with the
 same harness and effort as ``pis-validate --suite quick``, and prints the error of each point:
-the prediction (op sum × in-context factor) and the op sum alone.
+the prediction (op sum with the in-model correction) and the op sum alone.
 
-    python benchmarks/family_map.py --profile cpu.parquet --method dynamic-width \\
+    python benchmarks/experiments/family_map.py --profile cpu.parquet --method dynamic-width \\
         --sparsity 0.25,0.5,0.75 --out family_map.csv
 
 Default points: decode at (batch, context) (1, 256), (1, 4096), (4, 1024), (8, 512),
@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pis.calibrate.validate import CPU_SMALL, EFFORT, Config, run_configs
-from pis.profiles.shipped import resolve_profile
-from pis.profiles.store import load_profile
-from pis.simulator.estimator import Estimator
+from pis.simulator.api import Simulator
+from pis.validate.run import EFFORT, run_configs
+from pis.validate.suites import CPU_SMALL, Config
 
 DECODE = [(1, 256), (1, 4096), (4, 1024), (8, 512), (16, 256), (16, 4096)]
 PREFILL = [(1, 128), (4, 256)]
@@ -49,9 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.out is not None and args.out.exists():
         ap.error(f"{args.out} exists; pick another --out")
-    est = Estimator(load_profile(resolve_profile(args.profile)))
+    sim = Simulator(args.profile)
     cfgs = configs(args.method, [float(s) for s in args.sparsity.split(",")])
-    rep = run_configs(cfgs, est, torch.device("cpu"), torch.float32, EFFORT["quick"])
+    rep = run_configs(cfgs, sim, torch.device("cpu"), "fp32", EFFORT["quick"])
     if args.out is not None:
         rep.to_csv(args.out, index=False)
     cols = ["config", "measured_ms", "predicted_ms", "error_pct", "ops_error_pct", "in_model_factor", "status"]

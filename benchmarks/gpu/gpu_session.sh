@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One short GPU session: calibrate this GPU, then validate against real pruned models.
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [CALIBRATION_MINUTES] [TOTAL_SECONDS]
+#   bash benchmarks/gpu/gpu_session.sh OUT_DIR [CALIBRATION_MINUTES] [TOTAL_SECONDS]
 #
-# 1. pis-calibrate: quick grid plus the Llama-3.1-8B shapes (the validation model's), time-boxed;
-#    the profile is its own checkpoint, so rerunning this script resumes it.
-# 2. pis-validate --suite quick --rounds 3 on that profile (host-bound steps are noisy).
-# 3. pis-validate --suite full, and the GPU-marked tests, each only if the time left allows.
-# Everything lands in OUT_DIR (at most 8 files, as a lent device returns them).
+# - pis-calibrate: quick grid plus the Llama-3.1-8B shapes (the validation model's), time-boxed;
+#   the profile is its own checkpoint, so rerunning this script resumes it.
+# - pis-validate run --suite quick --rounds 3 on that profile (host-bound steps are noisy).
+# - pis-validate run --suite full, and the GPU-marked tests, each only if the time left allows.
+# Everything lands in OUT_DIR (at most 8 files, as a lent device returns them). Reports worth
+# keeping go to benchmarks/results/current/ (then: python benchmarks/tools/results_index.py --write).
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [CALIBRATION_MINUTES] [TOTAL_SECONDS]}
 minutes=${2:-5}
@@ -34,12 +35,12 @@ left() { local n=$(( total - SECONDS )); echo $(( n > 1 ? n : 1 )); }
 cp "$prof" "$out/"
 
 echo "== quick suite ($(left) s left)"
-timeout $(left) pis-validate --device cuda:0 --profile "$prof" --suite quick --rounds 3 \
+timeout $(left) pis-validate run --device cuda:0 --profile "$prof" --suite quick --rounds 3 \
     --out "$out/validate_quick.csv" 2>&1 | tee "$out/validate_quick.log"
 
 if (( $(left) > 200 )); then
   echo "== full suite ($(left) s left)"
-  timeout $(( $(left) - 60 )) pis-validate --device cuda:0 --profile "$prof" --suite full \
+  timeout $(( $(left) - 60 )) pis-validate run --device cuda:0 --profile "$prof" --suite full \
       --out "$out/validate_full.csv" 2>&1 | tee "$out/validate_full.log"
 fi
 

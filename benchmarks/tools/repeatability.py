@@ -1,11 +1,11 @@
-"""How repeatable is the ground truth? Compare the measured times of several `pis-validate` runs.
+"""How repeatable is the ground truth? Compare the measured times of several `pis-validate` reports.
 
 A simulator cannot be scored more finely than its reference measurements repeat. This reads
 two or more reports of the same suite (made at different times on the same machine) and
 prints, per configuration, the spread of ``measured_ms`` across runs, (max / min − 1) · 100,
 and its median and max over the suite. Predictions in the reports are ignored.
 
-    python benchmarks/repeatability.py benchmarks/results/repeat/validate_cpu_full_run*.csv
+    python benchmarks/tools/repeatability.py benchmarks/results/archive/repeat/validate_cpu_full_run*.csv
 """
 
 from __future__ import annotations

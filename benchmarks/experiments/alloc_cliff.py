@@ -8,9 +8,10 @@ kept tensor (calibration's ``kv_concat`` bench) at sizes either side of the thre
 calibration's timing discipline (warm-up, adaptive repeats, median, last-level cache evicted),
 and prints the difference per MiB: the first-touch cost. With ``--profile`` it also prints
 what the simulator fitted to that profile's whole-decoder rows past the threshold
-(``pis.simulator.context.FreshAlloc``), an independent estimate of the same constant.
+(the in-model correction's first-touch term, ``pis.simulator.inmodel.first_touch``), an
+independent estimate of the same constant.
 
-    python benchmarks/alloc_cliff.py [--mib 16,30,34,48,67,134] [--profile cpu-2core] [--prefill]
+    python benchmarks/experiments/alloc_cliff.py [--mib 16,30,34,48,67,134] [--profile cpu-2core] [--prefill]
 
 ``--prefill`` asks whether prefill activations show the cliff too: it times the validation
 model's Hugging Face prefill at 2048, 3072 and 4096 tokens, whose FFN activations (22, 33 and
@@ -23,8 +24,9 @@ import argparse
 
 import torch
 
-from pis.calibrate.timing import Runner, TimingConfig, measure_step
-from pis.simulator.context import FRESH_ALLOC_THRESHOLD
+from pis.allocator import FRESH_ALLOC_THRESHOLD
+from pis.calibrate.timing import TimingConfig, measure_step
+from pis.executors.base import Step
 
 ROW = 128  # one token of one KV head (fp32 head_dim 128): calibration's kv_concat row width
 EFFORT = TimingConfig(warmup=3, min_repeats=10, max_repeats=50, target_s=0.5, flush_cache=True)
@@ -36,8 +38,8 @@ def cat_ms(mib: float) -> tuple[float, float, float, float]:
     cache, new = torch.randn(rows, ROW), torch.randn(1, ROW)
     out = torch.empty(rows + 1, ROW)
     cpu = torch.device("cpu")
-    fresh = measure_step(Runner(lambda: torch.cat([cache, new])), cpu, EFFORT)
-    kept = measure_step(Runner(lambda: torch.cat([cache, new], out=out)), cpu, EFFORT)
+    fresh = measure_step(Step(lambda: torch.cat([cache, new])), cpu, EFFORT)
+    kept = measure_step(Step(lambda: torch.cat([cache, new], out=out)), cpu, EFFORT)
     return fresh[0], fresh[1], fresh[2], kept[0]
 
 
@@ -57,11 +59,9 @@ def main() -> None:
         print(f"{mib:6g} {fresh:9.3f} {p10:6.3f}-{p90:<6.3f} {kept:8.3f} {gbs(fresh):10.1f} {gbs(kept):9.1f} "
               f"{(fresh - kept) * 1e3 / mib:12.0f}")
     if args.profile:
-        from pis.profiles.shipped import resolve_profile
-        from pis.profiles.store import load_profile
-        from pis.simulator.estimator import Estimator
+        from pis.simulator.api import Simulator
 
-        fit = Estimator(load_profile(resolve_profile(args.profile))).context.fresh_alloc()
+        fit = Simulator(args.profile).correction.first_touch()
         print(f"fitted to {args.profile}'s decoder rows: "
               + (f"{fit.us_per_mib:.0f} µs/MiB ({fit.rows} rows)" if fit else "none (no row past the threshold)"))
 
@@ -72,14 +72,15 @@ def main() -> None:
 def prefill_per_token() -> None:
     """The validation model's Hugging Face prefill per token, its FFN activations either side
     of the threshold (a cliff would show as a step in µs per token)."""
-    from pis.calibrate.validate import CPU_SMALL, EFFORT
-    from pis.executors.hf import build_model
+    from pis.executors import build_model
+    from pis.validate.run import EFFORT
+    from pis.validate.suites import CPU_SMALL
 
     cpu = torch.device("cpu")
     model = build_model(CPU_SMALL, "dense", 0.0, cpu, torch.float32)
     for batch in (2, 3, 4):
         seq = 1024
-        ms = measure_step(model.runner("prefill", batch, seq, 0), cpu, EFFORT["quick"])[0]
+        ms = measure_step(model.step("prefill", batch, seq, 0), cpu, EFFORT["quick"])[0]
         act = batch * seq * CPU_SMALL.ffn * 4 / 2**20
         print(f"prefill B={batch} S={seq}: FFN activation {act:.0f} MiB per tensor, "
               f"{ms:.1f} ms, {ms * 1e3 / (batch * seq):.1f} µs per token")

@@ -7,7 +7,7 @@ pair, with the estimator's grouped-query split (CPU default) and without it. Thi
 pruned model meets: static width cuts query heads and keeps K/V heads, so a profile calibrated
 without ``--model`` holds none of the pruned model's pairs.
 
-    python benchmarks/attention_pairs_loo.py --profile cpu-2core [--profile h100 ...]
+    python benchmarks/experiments/attention_pairs_loo.py --profile cpu-2core [--profile h100 ...]
 """
 
 from __future__ import annotations
