@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -142,6 +143,36 @@ def synthetic_file(tmp_path, synthetic) -> str:
     path = tmp_path / "synthetic.parquet"
     write_profile(synthetic.profile, path)
     return str(path)
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pareto_analysis.ipynb"
+
+
+@pytest.fixture()
+def run_notebook(monkeypatch) -> Callable[[str | None], str]:
+    """Runs the analysis notebook headless with ``PIS_PROFILE`` set to a profile (None: unset,
+    the shipped default); returns the text of its outputs and fails on any error output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+
+    def run(profile: str | None) -> str:
+        if profile is None:
+            monkeypatch.delenv("PIS_PROFILE", raising=False)
+        else:
+            monkeypatch.setenv("PIS_PROFILE", profile)
+        monkeypatch.delenv("PIS_QUALITY", raising=False)
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+        text = []
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                assert out.get("output_type") != "error"
+                text.append(out.get("text", "") or out.get("data", {}).get("text/plain", ""))
+        return "\n".join(text)
+
+    return run
 
 
 @pytest.fixture(scope="session", autouse=True)
