@@ -1,15 +1,23 @@
-"""Every bench calibration can run, by op: :mod:`pis.calibrate.ops` for the ops a simulation
-executes, :mod:`pis.calibrate.decoder_benches` for whole decoders."""
+"""Every bench calibration can run, by op: :mod:`pis.calibrate.ops` for the ops an eager
+simulation executes, :mod:`pis.calibrate.graph_benches` for graph execution's kernels,
+:mod:`pis.calibrate.decoder_benches` for whole decoders."""
 
 from __future__ import annotations
 
 import torch
 
+from pis.calibrate import graph_benches as gb
 from pis.calibrate.decoder_benches import DECODER_BUILDERS
 from pis.calibrate.ops import OP_BUILDERS, Bench, Builder, Shape
 from pis.profiles.schema import OPS
 
-BUILDERS: dict[str, Builder] = {**OP_BUILDERS, **DECODER_BUILDERS}
+#: Graph execution's kernels (:mod:`pis.calibrate.graph_benches`) and the zero-fill.
+GRAPH_BUILDERS: dict[str, Builder] = {
+    "fill": gb.build_fill, "rmsnorm_fused": gb.build_rmsnorm_fused, "rope_fused": gb.build_rope_fused,
+    "kv_write": gb.build_kv_write, "attn_block_sparse": gb.build_attn_block_sparse,
+    "gemm_2to4_graph": gb.build_gemm_2to4_graph,
+}
+BUILDERS: dict[str, Builder] = {**OP_BUILDERS, **GRAPH_BUILDERS, **DECODER_BUILDERS}
 assert set(BUILDERS) == set(OPS), "every schema op needs a builder"
 
 

@@ -14,7 +14,7 @@ import torch
 from pis.calibrate.ops import Bench, Builder, Shape
 from pis.calibrate.timing import TimingConfig, measure_step
 from pis.errors import Unsupported
-from pis.executors.hf import build_hf
+from pis.executors.hf import build_hf, fuse_kernels
 from pis.executors.reference import build_reference
 from pis.executors.base import Step, token_ids
 from pis.models import ModelSpec
@@ -98,11 +98,30 @@ def build_routed_decoder(family: str) -> Builder:
     return lambda s, dtype, device: _reference_decoder_bench(s, family, int(s["sparsity_pct"]) / 100.0, dtype, device)
 
 
+def build_dense_decoder_graph(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
+    """The dense Hugging Face decoder of the shape's dimensions as graph execution runs it: a
+    static cache written in place, Liger's RMSNorm and RoPE where installed (else torch's fused
+    RMSNorm), the whole step captured in one CUDA graph and replayed (no LM head)."""
+    if device.type != "cuda":
+        raise Unsupported("graph-replayed decoders need a CUDA device")
+    try:
+        import transformers  # noqa: F401 - the `validate` extra
+    except ImportError:
+        raise Unsupported("dense_decoder_graph needs transformers (pip install 'pruninginfersim[validate]')") from None
+    hf = build_hf(_decoder_spec(s), "dense", 0.0, device, dtype, PruneOptions())
+    kernels = fuse_kernels(hf.model, hf.config)
+    phase = "prefill" if int(s["causal"]) else "decode"
+    step = hf.graph_step(phase, int(s["batch"]), int(s["q_len"]), int(s["kv_len"]), logits=False)
+    return Bench(step.run, f"hf-static-graph-{kernels}",
+                 timed=lambda: measure_step(step, device, DECODER_TIMING))
+
+
 #: Builders of the whole-decoder ops (:data:`pis.profiles.schema.WHOLE_DECODER_OPS`).
 DECODER_BUILDERS: dict[str, Builder] = {
     "dense_decoder": build_dense_decoder,
     "dense_decoder_prealloc": build_dense_decoder_prealloc,
     # the same Hugging Face decoder; its rows' shapes are the negligible width (grid.FRAMEWORK_DIMS)
     "decoder_framework": build_dense_decoder,
+    "dense_decoder_graph": build_dense_decoder_graph,
     **{op: build_routed_decoder(family) for family, op in ROUTED_DECODER_OPS.items()},
 }

@@ -14,7 +14,7 @@ import itertools
 from typing import Iterable
 
 from pis.calibrate.point import Point, point
-from pis.profiles.schema import DECODER_OPS, FRAMEWORK_OP, ROUTED_DECODER_OPS
+from pis.profiles.schema import DECODER_OPS, FRAMEWORK_OP, GRAPH_DECODER_OP, ROUTED_DECODER_OPS
 
 
 #: Model dimensions of the ``dense_decoder`` points when no ``--model`` is given.
@@ -30,6 +30,7 @@ DECODER_MODELS: dict[str, dict[str, int]] = {
 DECODER_SHAPES: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {
     ("tiny", "cpu"): (((1, 64),), ((1, 64),)),
     ("tiny", "cuda"): (((1, 512),), ((8, 1024),)),
+    ("quick", "cpu"): (((1, 64), (4, 512)), tuple(itertools.product((1, 4, 16), (256, 4096)))),
     ("cpu", "cpu"): (((1, 64), (2, 128), (2, 256), (4, 512)),
                      tuple(itertools.product((1, 2, 4, 8, 16), (256, 1024, 4096)))),
     ("cuda", "cuda"): (((1, 512), (4, 1024), (4, 4096), (16, 4096)),
@@ -68,12 +69,17 @@ FRAMEWORK_DIMS: dict[str, int] = dict(hidden=64, ffn=128, heads=2, kv_heads=1, h
 FRAMEWORK_LAYERS: tuple[int, ...] = (1, 2, 4, 8)
 FRAMEWORK_SHAPES: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = (
     ((1, 32), (1, 64)), ((1, 256), (1, 1024)))
+#: The quick grid's framework rows: the two depths and one point per phase a split needs.
+QUICK_FRAMEWORK_LAYERS: tuple[int, ...] = (1, 4)
+QUICK_FRAMEWORK_SHAPES: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = (((1, 32),), ((1, 256),))
 
 
 def decoder_shapes(name: str, device_kind: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
     """(prefill, decode) shapes of the whole-decoder points of grid ``name`` on ``device_kind``."""
     kind = "cuda" if device_kind == "cuda" else "cpu"
-    return DECODER_SHAPES[("tiny" if name == "tiny" else kind, kind)]
+    if name in ("tiny", "quick") and (name, kind) in DECODER_SHAPES:
+        return DECODER_SHAPES[(name, kind)]
+    return DECODER_SHAPES[(kind, kind)]
 
 
 def _decoder_points(op: str, prefill: Iterable[tuple[int, int]], decode: Iterable[tuple[int, int]],
@@ -94,6 +100,15 @@ def decoder_points(name: str, device_kind: str, dims: dict[str, int] | None = No
         base["layers"] = int(min(dims["layers"], 4 if dims["hidden"] <= 2048 else 2))
     prefill, decode = decoder_shapes(name, device_kind)
     pts = [pt for op in DECODER_OPS for pt in _decoder_points(op, prefill, decode, **base)]
+    if kind == "cuda":
+        # Graph execution's in-model check: the same decoder captured in one CUDA graph.
+        pts += _decoder_points(GRAPH_DECODER_OP, prefill, decode, **base)
+    if kind == "cpu" and name == "quick":
+        # A first profile in minutes: Hugging Face's framework cost, split at two depths, and
+        # neither the routed decoders nor the narrow FFN (their families keep the dense law).
+        for layers in QUICK_FRAMEWORK_LAYERS:
+            pts += _decoder_points(FRAMEWORK_OP, *QUICK_FRAMEWORK_SHAPES, **dict(FRAMEWORK_DIMS, layers=layers))
+        return pts
     # Routed decoders: CPU grids only (the GPU's in-model correction, the host-issue model, is
     # fitted to dense rows; see simulator/inmodel/host_issue.py), and not the seconds-long tiny grid.
     if kind in ROUTED_DECODE_AXES and not tiny:

@@ -42,7 +42,7 @@ from pis.calibrate.decoder_points import decoder_points, decoder_shapes
 from pis.calibrate.point import Point, point
 from pis.errors import PisError
 from pis.models import ModelSpec, load_model
-from pis.profiles.schema import (DTYPE_BYTES, MEMORY_OPS, OPS, REQUIRED_OPS, WHOLE_DECODER_OPS, op_bytes,
+from pis.profiles.schema import (DTYPE_BYTES, GRAPH_OPS, MEMORY_OPS, OPS, REQUIRED_OPS, WHOLE_DECODER_OPS, op_bytes,
                                  op_flops)
 from pis.pruned import calibration_shapes, pruned_heads
 
@@ -262,18 +262,45 @@ def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, i
     pts += _gemm_points(spec, model_pairs, spec.gemm_m)
     pts += _gemm_points(spec, itertools.product(spec.gemm24_nk, spec.gemm24_nk), spec.gemm24_m, "gemm_2to4")
     if device_kind == "cuda":
-        # 2:4 for the model's widths too (kernels need N, K multiples of 64).
-        pts += _gemm_points(spec, [(n, k) for n, k in model_pairs if n % 64 == 0 and k % 64 == 0],
-                            spec.gemm24_m, "gemm_2to4")
+        # 2:4 for the model's widths too (kernels need N, K multiples of 64), eager and in a graph.
+        pairs24 = [(n, k) for n, k in model_pairs if n % 64 == 0 and k % 64 == 0]
+        pts += _gemm_points(spec, pairs24, spec.gemm24_m, "gemm_2to4")
+        pts += _gemm_points(spec, itertools.product(spec.gemm24_nk, spec.gemm24_nk), spec.gemm24_m, "gemm_2to4_graph")
+        pts += _gemm_points(spec, pairs24, spec.gemm24_m, "gemm_2to4_graph")
+        if spec is not _SPECS[("tiny", "cuda")]:  # each shape compiles a kernel: not on the tiny grid
+            pts += _block_sparse_points(spec)
     for d, (h, g), b, s in itertools.product(spec.head_dims, spec.heads, spec.prefill_batch, spec.prefill_seq):
         pts.append(point("attn_prefill", batch=b, q_len=s, kv_len=s, heads=h, kv_heads=g, head_dim=d, causal=1))
     for d, (h, g), b, c in itertools.product(spec.head_dims, spec.heads, spec.decode_batch, spec.decode_kv):
         pts.append(point("attn_decode", batch=b, q_len=1, kv_len=c, heads=h, kv_heads=g, head_dim=d, causal=0))
     for op in MEMORY_OPS:
+        if op in GRAPH_OPS and device_kind != "cuda":
+            continue  # graph execution's kernels: CUDA grids only
         pts += [point(op, numel=x) for x in spec.numel]
     for m, n in itertools.product(spec.topk_m, spec.topk_n):
         pts += [point("topk", m=m, n=n, k=k) for k in sorted({min(4, n), n // 2})]
     return pts
+
+
+#: Block-sparse attention's sparsities (percent), and its shapes at the study's lengths. Every
+#: shape compiles its own FlexAttention kernel (seconds each), so the set stays small.
+BLOCK_SPARSE_PCT: tuple[int, ...] = (25, 50, 75)
+BLOCK_SPARSE_SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "prefill": ((1, 32), (1024,)), "decode": ((1, 32), (4096, 32768))}
+
+
+def _block_sparse_points(spec: GridSpec) -> list[Point]:
+    """Tile-skipping block-sparse attention at Llama-3.1-8B's heads (32 over 8, d 128), the
+    study's lengths, three sparsities."""
+    out = []
+    for (h, g), pct in itertools.product([(32, 8)], BLOCK_SPARSE_PCT):
+        for b, n in itertools.product(*BLOCK_SPARSE_SHAPES["prefill"]):
+            out.append(point("attn_block_sparse", batch=b, q_len=n, kv_len=n, heads=h, kv_heads=g, head_dim=128,
+                             causal=1, sparsity_pct=pct))
+        for b, c in itertools.product(*BLOCK_SPARSE_SHAPES["decode"]):
+            out.append(point("attn_block_sparse", batch=b, q_len=1, kv_len=c + 1, heads=h, kv_heads=g,
+                             head_dim=128, causal=0, sparsity_pct=pct))
+    return out
 
 
 def _tier(p: Point) -> int:
@@ -350,16 +377,16 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
     return Grid(name, device_kind, tuple(kept), params)
 
 
-#: How many times each whole-decoder point is measured, per device kind (tiny grids: once).
-#: They set the absolute level of every in-model prediction, and on a shared machine a single
-#: pass can land in a slow window and set them all high. The median of passes spread over the
-#: run is less at the mercy of one slow window.
+#: How many times each whole-decoder point is measured on the default and full grids, per device
+#: kind (the tiny and quick grids: once, to stay quick). They set the absolute level of every
+#: in-model prediction, and on a shared machine a single pass can land in a slow window and set
+#: them all high. The median of passes spread over the run is less at the mercy of one window.
 DECODER_PASSES: dict[str, int] = {"cpu": 3, "cuda": 1}
 
 
 def decoder_passes(name: str, device_kind: str) -> int:
     """The default number of passes over the whole-decoder points (:data:`DECODER_PASSES`)."""
-    return 1 if name == "tiny" else DECODER_PASSES["cuda" if device_kind == "cuda" else "cpu"]
+    return 1 if name in ("tiny", "quick") else DECODER_PASSES["cuda" if device_kind == "cuda" else "cpu"]
 
 
 def schedule(points: Sequence[Point], passes: int) -> list[tuple[Point, int]]:

@@ -76,16 +76,16 @@ Shape = Mapping[str, int]
 Builder = Callable[[Shape, torch.dtype, torch.device], Bench]
 
 
-def _rand(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def rand_tensor(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # uniform_ in place is much faster than randn on the CPU, and large weights dominate setup.
     return torch.empty(shape, dtype=dtype, device=device).uniform_(-1.0, 1.0)
 
 
-def _prefix(device: torch.device) -> str:
+def backend_prefix(device: torch.device) -> str:
     return "cpu-" if device.type == "cpu" else ""
 
 
-def _row_split(numel: int) -> tuple[int, int]:
+def row_split(numel: int) -> tuple[int, int]:
     width = math.gcd(int(numel), ROW_WIDTH)
     return int(numel) // width, width
 
@@ -110,7 +110,7 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
     key = (int(n), int(k), dtype, str(device))
     if key not in _weight_cache:
         _weight_cache.clear()
-        _weight_cache[key] = _rand(int(n), int(k), dtype=dtype, device=device)
+        _weight_cache[key] = rand_tensor(int(n), int(k), dtype=dtype, device=device)
     return _weight_cache[key]
 
 
@@ -136,13 +136,13 @@ def _cold_tensors(shapes: list[tuple[int, ...]], dtype: torch.dtype,
     key = (dtype, str(device))
     if key not in _pool:
         elems = CPU_WEIGHT_POOL_BYTES // torch.tensor([], dtype=dtype).element_size()
-        _pool[key] = _rand(elems, dtype=dtype, device=device)
+        _pool[key] = rand_tensor(elems, dtype=dtype, device=device)
     pool = _pool[key]
     sizes = [math.prod(sh) for sh in shapes]
     size = sum(sizes)
     copies = len(pool) // size
     if copies < 2:  # this much data streams from DRAM anyway: fixed tensors
-        fixed = [_rand(*sh, dtype=dtype, device=device) for sh in shapes]
+        fixed = [rand_tensor(*sh, dtype=dtype, device=device) for sh in shapes]
         return lambda: fixed
     # At most 4096 precomputed sets (views cost time inside the timed call), spread over the
     # whole pool so that the rotation still sweeps all of it.
@@ -175,7 +175,7 @@ def _cold_weights(n: int, k: int, dtype: torch.dtype, device: torch.device) -> C
 
 
 def build_gemm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    x = _rand(s["m"], s["k"], dtype=dtype, device=device)
+    x = rand_tensor(s["m"], s["k"], dtype=dtype, device=device)
     if device.type == "cpu":
         nxt = _cold_weights(s["n"], s["k"], dtype, device)
         return Bench(lambda: F.linear(x, nxt()), "cpu-linear-cold")
@@ -193,9 +193,9 @@ def build_gemm_2to4(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
         from torch.sparse import to_sparse_semi_structured
     except ImportError as err:
         raise Unsupported(f"torch {torch.__version__} lacks semi-structured sparsity") from err
-    x = _rand(s["m"], s["k"], dtype=dtype, device=device)
+    x = rand_tensor(s["m"], s["k"], dtype=dtype, device=device)
     try:
-        w = to_sparse_semi_structured(mask_2to4(_rand(s["n"], s["k"], dtype=dtype, device=device)))
+        w = to_sparse_semi_structured(mask_2to4(rand_tensor(s["n"], s["k"], dtype=dtype, device=device)))
         F.linear(x, w)
     except (RuntimeError, ValueError, NotImplementedError) as err:
         if isinstance(err, torch.cuda.OutOfMemoryError):
@@ -242,9 +242,9 @@ def _supports_gqa() -> bool:
 def build_attention(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     b, h, g, d = s["batch"], s["heads"], s["kv_heads"], s["head_dim"]
     causal = bool(s["causal"])
-    q = _rand(b, h, s["q_len"], d, dtype=dtype, device=device)
-    k = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
-    v = _rand(b, g, s["kv_len"], d, dtype=dtype, device=device)
+    q = rand_tensor(b, h, s["q_len"], d, dtype=dtype, device=device)
+    k = rand_tensor(b, g, s["kv_len"], d, dtype=dtype, device=device)
+    v = rand_tensor(b, g, s["kv_len"], d, dtype=dtype, device=device)
     sdpa = F.scaled_dot_product_attention
     if device.type == "cpu" and not causal and h != g and _supports_gqa():
         # Decode reads a KV cache that other layers' work has pushed out of cache (a prefill's
@@ -255,7 +255,7 @@ def build_attention(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
             kc, vc = kv()
             return sdpa(q, kc, vc, is_causal=False, enable_gqa=True)
 
-        return Bench(fn, _prefix(device) + _sdpa_backend(q, k, v, False, gqa=True) + "-cold-kv")
+        return Bench(fn, backend_prefix(device) + _sdpa_backend(q, k, v, False, gqa=True) + "-cold-kv")
     if h == g:
         fn = lambda: sdpa(q, k, v, is_causal=causal)  # noqa: E731
         name = _sdpa_backend(q, k, v, causal, gqa=False)
@@ -269,13 +269,13 @@ def build_attention(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
             return sdpa(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=causal)
 
         name = _sdpa_backend(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), causal, False) + "+repeat_kv"
-    return Bench(fn, _prefix(device) + name)
+    return Bench(fn, backend_prefix(device) + name)
 
 
 def build_rmsnorm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    rows, width = _row_split(s["numel"])
-    x = _rand(rows, width, dtype=dtype, device=device)
-    weight = _rand(width, dtype=dtype, device=device)
+    rows, width = row_split(s["numel"])
+    x = rand_tensor(rows, width, dtype=dtype, device=device)
+    weight = rand_tensor(width, dtype=dtype, device=device)
 
     def fn() -> torch.Tensor:
         # Hugging Face's LlamaRMSNorm, op for op (fp32 statistics, unfused): what models run.
@@ -283,13 +283,13 @@ def build_rmsnorm(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
         return weight * h.to(dtype)
 
-    return Bench(fn, _prefix(device) + "hf-rmsnorm")
+    return Bench(fn, backend_prefix(device) + "hf-rmsnorm")
 
 
 def build_silu_mul(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    gate = _rand(s["numel"], dtype=dtype, device=device)
-    up = _rand(s["numel"], dtype=dtype, device=device)
-    return Bench(lambda: F.silu(gate) * up, _prefix(device) + "eager")
+    gate = rand_tensor(s["numel"], dtype=dtype, device=device)
+    up = rand_tensor(s["numel"], dtype=dtype, device=device)
+    return Bench(lambda: F.silu(gate) * up, backend_prefix(device) + "eager")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -302,16 +302,16 @@ def build_rope(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
     d = math.gcd(numel, ROPE_DIM)
     heads = math.gcd(numel // d, 32)
     tokens = numel // (d * heads)
-    x = _rand(tokens, heads, d, dtype=dtype, device=device)
-    cos = _rand(tokens, 1, d, dtype=dtype, device=device)
-    sin = _rand(tokens, 1, d, dtype=dtype, device=device)
-    return Bench(lambda: x * cos + _rotate_half(x) * sin, _prefix(device) + "eager")
+    x = rand_tensor(tokens, heads, d, dtype=dtype, device=device)
+    cos = rand_tensor(tokens, 1, d, dtype=dtype, device=device)
+    sin = rand_tensor(tokens, 1, d, dtype=dtype, device=device)
+    return Bench(lambda: x * cos + _rotate_half(x) * sin, backend_prefix(device) + "eager")
 
 
 def build_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    a = _rand(s["numel"], dtype=dtype, device=device)
-    b = _rand(s["numel"], dtype=dtype, device=device)
-    return Bench(lambda: a + b, _prefix(device) + "eager")
+    a = rand_tensor(s["numel"], dtype=dtype, device=device)
+    b = rand_tensor(s["numel"], dtype=dtype, device=device)
+    return Bench(lambda: a + b, backend_prefix(device) + "eager")
 
 
 def _indices(rows: int, device: torch.device) -> torch.Tensor:
@@ -320,18 +320,18 @@ def _indices(rows: int, device: torch.device) -> torch.Tensor:
 
 
 def build_gather(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    rows, width = _row_split(s["numel"])
-    table = _rand(2 * rows, width, dtype=dtype, device=device)
+    rows, width = row_split(s["numel"])
+    table = rand_tensor(2 * rows, width, dtype=dtype, device=device)
     idx = _indices(rows, device)
-    return Bench(lambda: table.index_select(0, idx), _prefix(device) + "index_select")
+    return Bench(lambda: table.index_select(0, idx), backend_prefix(device) + "index_select")
 
 
 def build_scatter_add(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    rows, width = _row_split(s["numel"])
-    residual = _rand(2 * rows, width, dtype=dtype, device=device)
-    src = _rand(rows, width, dtype=dtype, device=device)
+    rows, width = row_split(s["numel"])
+    residual = rand_tensor(2 * rows, width, dtype=dtype, device=device)
+    src = rand_tensor(rows, width, dtype=dtype, device=device)
     idx = _indices(rows, device)
-    return Bench(lambda: residual.index_add_(0, idx, src), _prefix(device) + "index_add_")
+    return Bench(lambda: residual.index_add_(0, idx, src), backend_prefix(device) + "index_add_")
 
 
 def build_kv_concat(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
@@ -345,35 +345,35 @@ def build_kv_concat(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
     simulator adds that cost where the real decoder pays it (first-touch pages,
     :data:`pis.allocator.FRESH_ALLOC_THRESHOLD`, :mod:`pis.simulator.inmodel.first_touch`)."""
     rows = max(1, int(s["numel"]) // KV_ROW)
-    new = _rand(1, KV_ROW, dtype=dtype, device=device)
+    new = rand_tensor(1, KV_ROW, dtype=dtype, device=device)
     if device.type == "cpu":
         cache = _cold_tensors([(rows, KV_ROW)], dtype, device)
         out = torch.empty(rows + 1, KV_ROW, dtype=dtype, device=device)
-        return Bench(lambda: torch.cat([cache()[0], new], out=out), _prefix(device) + "cat-cold-out")
-    fixed = _rand(rows, KV_ROW, dtype=dtype, device=device)
+        return Bench(lambda: torch.cat([cache()[0], new], out=out), backend_prefix(device) + "cat-cold-out")
+    fixed = rand_tensor(rows, KV_ROW, dtype=dtype, device=device)
     return Bench(lambda: torch.cat([fixed, new]), "cat")
 
 
 def build_topk(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    x = _rand(s["m"], s["n"], dtype=dtype, device=device)
+    x = rand_tensor(s["m"], s["n"], dtype=dtype, device=device)
     k = int(s["k"])
-    return Bench(lambda: torch.topk(x, k, dim=-1), _prefix(device) + "topk")
+    return Bench(lambda: torch.topk(x, k, dim=-1), backend_prefix(device) + "topk")
 
 
 def build_overhead(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    a = _rand(1, dtype=dtype, device=device)
-    b = _rand(1, dtype=dtype, device=device)
+    a = rand_tensor(1, dtype=dtype, device=device)
+    b = rand_tensor(1, dtype=dtype, device=device)
     out = torch.empty_like(a)
 
     def fn() -> None:
         for _ in range(OVERHEAD_INNER):
             torch.add(a, b, out=out)
 
-    return Bench(fn, _prefix(device) + "eager-add", inner=OVERHEAD_INNER, wall=True)
+    return Bench(fn, backend_prefix(device) + "eager-add", inner=OVERHEAD_INNER, wall=True)
 
 
 def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench:
-    x = _rand(4, 8, 16, dtype=dtype, device=device)
+    x = rand_tensor(4, 8, 16, dtype=dtype, device=device)
     rows = [0, 2, 3]
 
     def fn() -> None:
@@ -387,7 +387,7 @@ def build_host_glue(s: Shape, dtype: torch.dtype, device: torch.device) -> Bench
             idx = torch.tensor(rows, dtype=torch.long, device=device)
             x.index_select(0, idx)
 
-    return Bench(fn, _prefix(device) + "glue", inner=GLUE_ROUNDS * GLUE_OPS_PER_ROUND, wall=True)
+    return Bench(fn, backend_prefix(device) + "glue", inner=GLUE_ROUNDS * GLUE_OPS_PER_ROUND, wall=True)
 
 
 #: Builders of the ops a simulation executes; the whole-decoder ops' builders are in

@@ -28,7 +28,11 @@ class ModelUnderTest:
 
     def step(self, phase: str, batch: int, seq_len: int, context: int) -> Step:
         """The step of ``phase`` at ``batch`` × ``seq_len`` (prefill) or with ``context``
-        cached tokens (decode)."""
+        cached tokens (decode), run eagerly."""
+        raise NotImplementedError
+
+    def graph_step(self, phase: str, batch: int, seq_len: int, context: int) -> Step:
+        """The same step captured in one CUDA graph and replayed (graph execution)."""
         raise NotImplementedError
 
 

@@ -17,8 +17,9 @@ from torch import nn
 from pis.errors import PisError, Unsupported
 from pis.executors.base import PROJECTIONS, ModelUnderTest, Step, mask_2to4, token_ids
 from pis.models import ModelSpec
-from pis.pruned import (PruneOptions, layers_kept, layers_removed, lowrank_rank, pruned_ffn, pruned_heads,
-                        pruned_hidden)
+from pis.pruned import (VARIANT_NAMES, PruneOptions, layers_kept, layers_removed, lowrank_rank, pruned_ffn,
+                        pruned_heads, pruned_hidden, study_ffn, study_hidden, study_kv_heads, study_rank,
+                        study_sublayers_removed)
 
 #: Families built through Hugging Face transformers.
 HF_FAMILIES: tuple[str, ...] = ("dense", "static-depth", "static-width", "static-width-hidden",
@@ -113,15 +114,88 @@ class HfModel(ModelUnderTest):
 
         return Step(step, setup)
 
+    def static_step(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Step:
+        """One step over a static cache written in place, as graph execution runs it: prefill
+        keeps the logits of every prompt token (the study's framework does), decode writes the
+        new token's K/V into slot ``context`` and attends over the slots before it."""
+        from transformers import StaticCache
+
+        net = self.model if logits else self.model.model
+        head = {"logits_to_keep": 0} if logits else {}
+        if phase == "prefill":
+            cache = StaticCache(config=self.config, max_cache_len=seq_len)
+            ids = token_ids(self.config.vocab_size, batch, seq_len, self.device)
+            pos = torch.arange(seq_len, device=self.device)
+        else:
+            # The step attends over slots 0..context whatever they hold: the cache is left as it
+            # is allocated rather than filled by a prompt (the kernels do the same work).
+            cache = StaticCache(config=self.config, max_cache_len=context + 1)
+            ids = token_ids(self.config.vocab_size, batch, 1, self.device)
+            pos = torch.tensor([context], device=self.device)
+        return Step(lambda: net(input_ids=ids, use_cache=True, cache_position=pos, **{self.cache_kw: cache}, **head))
+
+    def graph_step(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Step:
+        """:meth:`static_step` captured in one CUDA graph: its run replays the graph."""
+        return capture(self.static_step(phase, batch, seq_len, context, logits), self.device)
+
+
+def capture(step: Step, device: torch.device, warmup: int = 3) -> Step:
+    """``step`` captured in a CUDA graph after ``warmup`` runs on a side stream (as capture needs);
+    the returned step replays it."""
+    if device.type != "cuda":
+        raise Unsupported("graph execution replays CUDA graphs: it needs a CUDA device")
+    with torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step.run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step.run()
+        torch.cuda.synchronize(device)
+    return Step(graph.replay)
+
+
+def fuse_kernels(model: nn.Module, config) -> str:
+    """Run ``model`` as the study's framework does: Liger's RMSNorm and fused q+k RoPE where
+    ``liger-kernel`` is installed, else torch's ``F.rms_norm`` in place of Hugging Face's
+    unfused RMSNorm. Returns which."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama, apply_liger_kernel_to_qwen2
+
+        patch = apply_liger_kernel_to_qwen2 if config.model_type == "qwen2" else apply_liger_kernel_to_llama
+        patch(rope=True, rms_norm=True, swiglu=False, cross_entropy=False, fused_linear_cross_entropy=False,
+              model=model)
+        return "liger"
+    except ImportError:
+        pass
+    import torch.nn.functional as F
+
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "weight"):
+            eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+            module.forward = (lambda m, e: lambda x: F.rms_norm(x, (x.shape[-1],), m.weight, e))(module, eps)
+    return "torch-rms_norm"
+
 
 def _static_config(spec: ModelSpec, method: str, s: float, opts: PruneOptions) -> dict[str, int]:
+    study = method in VARIANT_NAMES and opts.variant(method) == "study"
+    if method == "static-depth" and study:
+        # int(s·L) attention and int(s·L) MLP sublayers go: as many whole layers' worth of work
+        return dict(num_hidden_layers=spec.layers - int(study_sublayers_removed(spec.layers, s)))
     if method == "static-depth" and opts.granularity == "layer":
         return dict(num_hidden_layers=int(layers_kept(spec, s)))
+    if method == "static-width" and study:
+        g = int(study_kv_heads(spec, s))
+        return dict(num_attention_heads=g * spec.group_size, num_key_value_heads=g,
+                    intermediate_size=int(study_ffn(spec, s)))
     if method == "static-width":
         return dict(num_attention_heads=int(pruned_heads(spec, s)),
                     intermediate_size=int(pruned_ffn(spec, s, opts.align)))
     if method == "static-width-hidden":
-        return dict(hidden_size=int(pruned_hidden(spec, s, opts.align)))
+        return dict(hidden_size=int(study_hidden(spec, s) if study else pruned_hidden(spec, s, opts.align)))
     return {}
 
 
@@ -140,7 +214,7 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
     model = model.to(dtype).eval()
     layers = model.model.layers
     d = cfg.hidden_size
-    if method == "static-depth" and opts.granularity == "sublayer":
+    if method == "static-depth" and opts.granularity == "sublayer" and opts.variant(method) == "pis":
         removed = int(layers_removed(2 * spec.layers, s))
         attn_gone, mlp_gone = (removed + 1) // 2, removed // 2
         n = len(layers)
@@ -156,7 +230,8 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
                 parent, attr = _get(layer, path)
                 lin = getattr(parent, attr)
                 n_out, k_in = lin.weight.shape
-                r = int(lowrank_rank(n_out, k_in, s, opts.align))
+                r = int(study_rank(n_out, k_in, s) if opts.variant(method) == "study"
+                        else lowrank_rank(n_out, k_in, s, opts.align))
                 setattr(parent, attr, nn.Sequential(
                     nn.Linear(k_in, r, bias=False), nn.Linear(r, n_out, bias=lin.bias is not None),
                 ).to(device=device, dtype=dtype))
@@ -171,7 +246,7 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
     elif method == "semi-structured" and s > 0:
         from torch.sparse import to_sparse_semi_structured
 
-        n_sparse = int(layers_removed(spec.layers, 2.0 * s))
+        n_sparse = spec.layers if opts.variant(method) == "study" else int(layers_removed(spec.layers, 2.0 * s))
         try:
             for layer in list(layers)[:n_sparse]:
                 for path in PROJECTIONS:

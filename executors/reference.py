@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pis.errors import PisError
+from pis.errors import PisError, Unsupported
 from pis.executors.base import ModelUnderTest, Step, token_ids
 from pis.models import ModelSpec
 from pis.pruned import ROUTED_FAMILIES, PruneOptions, ceil_int
@@ -431,6 +431,20 @@ class RefModel(ModelUnderTest):
             state["caches"] = [tuple(t.clone() if torch.is_tensor(t) else t for t in c) for c in template]
 
         return Step(lambda: m.decode(ids, state["caches"], context, logits=logits), setup)
+
+    def graph_step(self, phase: str, batch: int, seq_len: int, context: int, logits: bool = True) -> Step:
+        """:meth:`step` captured in one CUDA graph (its caches set up once: a replay writes the new
+        token into the same slot). Routing whose index tensors are built on the host each step
+        cannot be captured: :class:`~pis.errors.Unsupported`."""
+        from pis.executors.hf import capture
+
+        step = self.step(phase, batch, seq_len, context, logits)
+        if step.setup is not None:
+            step.setup()
+        try:
+            return capture(Step(step.run), self.device)
+        except RuntimeError as err:  # a host sync or host-built tensor inside the step
+            raise Unsupported(f"not capturable in a CUDA graph: {' '.join(str(err).split())[:120]}") from err
 
 
 def build_reference(spec: ModelSpec, method: str, s: float, device: torch.device,

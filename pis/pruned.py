@@ -7,7 +7,7 @@ measured is the model that is predicted. Every helper is vectorized over the spa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +16,24 @@ from pis.errors import PisError
 from pis.models import ModelSpec
 
 KV_CACHES = ("concat", "preallocated")
+#: How a step runs: ``eager`` (PyTorch issues every op from Python: Hugging Face's ``generate``)
+#: or ``graph`` (the whole step replays as one CUDA graph, fused RMSNorm and RoPE, the KV cache
+#: written in place: the study's PruningInferSim, and serving engines).
+EXECUTIONS = ("eager", "graph")
+#: Whose op graphs the families follow: ``study`` (PruningInferSim's, arXiv 2606.09080) or
+#: ``pis`` (the executors of ``pis-validate``: Hugging Face for the static families, pis's
+#: reference decoder for the routed ones). ``simulator/FAMILIES.md`` sets them side by side.
+OP_GRAPHS = ("study", "pis")
+#: Families whose two op graphs differ, and the names of their (study, pis) variants.
+VARIANT_NAMES: dict[str, tuple[str, str]] = {
+    "static-depth": ("sublayers", "layers"),
+    "static-width": ("kv-groups", "query-heads"),
+    "static-width-hidden": ("round-up-16", "align"),
+    "semi-structured": ("all-layers", "layer-fraction"),
+    "low-rank": ("round-up-16", "align"),
+    "dynamic-depth": ("masked", "gather"),
+    "sparse-attention": ("tiles", "gather"),
+}
 #: Families that route tokens at run time (pis's reference decoder executes them; every
 #: other family is a statically pruned Hugging Face model).
 ROUTED_FAMILIES: tuple[str, ...] = ("dynamic-depth", "sparse-attention", "dynamic-width")
@@ -23,7 +41,12 @@ ROUTED_FAMILIES: tuple[str, ...] = ("dynamic-depth", "sparse-attention", "dynami
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """Knobs shared by the families (CLI: --granularity, --align, --layer-sparsity)."""
+    """What defines a pruned model and how it runs, besides its family and sparsity.
+
+    ``execution``, ``kv_cache`` and ``op_graph`` left None take the profile's defaults
+    (:meth:`resolved`): graph execution with an in-place cache and the study's op graphs on a
+    GPU, eager execution with Hugging Face's concatenating cache and pis's op graphs on a CPU.
+    """
 
     #: static-depth: remove whole layers ("layer") or attention/MLP sublayers ("sublayer")
     granularity: str = "layer"
@@ -39,17 +62,59 @@ class PruneOptions:
     ffn_groups: int = 8
     #: decode KV cache: "concat" copies each layer's cache to append a token (Hugging Face
     #: DynamicCache, what `generate` uses by default); "preallocated" writes in place (static
-    #: or paged caches of serving engines), which costs next to nothing
-    kv_cache: str = "concat"
+    #: or paged caches of serving engines, and every graph-captured step)
+    kv_cache: str | None = None
+    #: "eager" or "graph" (:data:`EXECUTIONS`)
+    execution: str | None = None
+    #: "study" or "pis" (:data:`OP_GRAPHS`), for every family that has both
+    op_graph: str | None = None
+    #: per family, the op graph that replaces ``op_graph`` for it: ``(family, variant)`` pairs,
+    #: the variant "study", "pis" or one of the family's :data:`VARIANT_NAMES`
+    variants: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.granularity not in ("layer", "sublayer"):
             raise PisError(f"granularity must be 'layer' or 'sublayer', got {self.granularity!r}")
-        if self.kv_cache not in KV_CACHES:
+        if self.kv_cache is not None and self.kv_cache not in KV_CACHES:
             raise PisError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}")
+        if self.execution is not None and self.execution not in EXECUTIONS:
+            raise PisError(f"execution must be one of {', '.join(EXECUTIONS)}, got {self.execution!r}")
+        if self.op_graph is not None and self.op_graph not in OP_GRAPHS:
+            raise PisError(f"op graph must be one of {', '.join(OP_GRAPHS)}, got {self.op_graph!r}")
+        if self.execution == "graph" and self.kv_cache == "concat":
+            raise PisError("graph execution writes the KV cache in place: --kv-cache concat runs eagerly only")
+        for family, name in self.variants:
+            if family not in VARIANT_NAMES:
+                raise PisError(f"--variant: {family!r} has one op graph; families with two: "
+                               f"{', '.join(VARIANT_NAMES)}")
+            if name not in (*OP_GRAPHS, *VARIANT_NAMES[family]):
+                raise PisError(f"--variant: {family} runs {' or '.join(VARIANT_NAMES[family])} "
+                               f"(or: study, pis), not {name!r}")
         for f in ("align", "router_rank", "block", "ffn_groups"):
             if int(getattr(self, f)) < 1:
                 raise PisError(f"{f} must be a positive integer")
+
+    def resolved(self, device_kind: str) -> "PruneOptions":
+        """These options with every None filled by the defaults of a ``cuda`` or ``cpu`` profile."""
+        execution = self.execution or ("graph" if device_kind == "cuda" else "eager")
+        if execution == "graph" and device_kind != "cuda":
+            raise PisError("graph execution replays CUDA graphs: it needs a GPU profile (this one is "
+                           f"a {device_kind or 'unknown'} device's); use --execution eager")
+        kv = self.kv_cache or ("preallocated" if execution == "graph" else "concat")
+        graph = self.op_graph or ("study" if execution == "graph" else "pis")
+        return replace(self, execution=execution, kv_cache=kv, op_graph=graph)
+
+    @property
+    def graph(self) -> bool:
+        """Whether the step replays as one CUDA graph (fused norm and RoPE, no per-op launch)."""
+        return self.execution == "graph"
+
+    def variant(self, family: str) -> str:
+        """``study`` or ``pis``: the op graph ``family`` follows."""
+        for fam, name in self.variants:
+            if fam == family:
+                return name if name in OP_GRAPHS else OP_GRAPHS[VARIANT_NAMES[family].index(name)]
+        return self.op_graph or "pis"
 
 
 def round_half_up(x: "np.ndarray | float") -> np.ndarray:
@@ -98,6 +163,43 @@ def lowrank_rank(n: "int | np.ndarray", k: "int | np.ndarray", s: "float | np.nd
     n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
     r = np.floor((1.0 - np.asarray(s)) * n * k / (n + k) / align + 1e-9) * align
     return np.maximum(align, r).astype(np.int64)
+
+
+def round_up(x: "np.ndarray | float", multiple: int) -> np.ndarray:
+    """``x`` rounded up to a multiple of ``multiple``."""
+    return (np.ceil(np.asarray(x, dtype=np.float64) / multiple - 1e-9) * multiple).astype(np.int64)
+
+
+def _study_width(width: int, s: "float | np.ndarray") -> np.ndarray:
+    # int((1 − s) · width) channels, rounded up to 16 (and never past the width)
+    kept = np.floor((1.0 - np.asarray(s, dtype=np.float64)) * width + 1e-9)
+    return np.where(np.asarray(s) > 0, np.minimum(width, np.maximum(16, round_up(kept, 16))), width)
+
+
+def study_sublayers_removed(n_layers: "int | np.ndarray", s: "float | np.ndarray") -> np.ndarray:
+    """Static depth, the study's op graph: int(s·L) attention and int(s·L) MLP sublayers go."""
+    return np.floor(np.asarray(s, dtype=np.float64) * n_layers + 1e-9).astype(np.int64)
+
+
+def study_kv_heads(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
+    """Static width, the study's op graph: whole GQA groups kept, int((1−s)·G), at least one."""
+    return np.maximum(1, np.floor((1.0 - np.asarray(s, dtype=np.float64)) * spec.kv_heads + 1e-9)).astype(np.int64)
+
+
+def study_ffn(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
+    """Static width, the study's op graph: int((1−s)·F) FFN channels rounded up to 16."""
+    return _study_width(spec.ffn, s)
+
+
+def study_hidden(spec: ModelSpec, s: "float | np.ndarray") -> np.ndarray:
+    """Static width cross-layer, the study's op graph: int((1−s)·D) rounded up to 16."""
+    return _study_width(spec.hidden, s)
+
+
+def study_rank(n: "int | np.ndarray", k: "int | np.ndarray", s: "float | np.ndarray") -> np.ndarray:
+    """Low rank, the study's op graph: int((1−s)·NK/(N+K)) rounded up to 16."""
+    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    return np.maximum(16, round_up(np.floor((1.0 - np.asarray(s)) * n * k / (n + k) + 1e-9), 16))
 
 
 def calibration_shapes(spec: ModelSpec, sparsities: Sequence[float] = tuple(np.arange(10) / 10),

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Every shape column a profile may carry; columns an op does not use are null.
 SHAPE_COLUMNS: tuple[str, ...] = (
@@ -118,8 +118,23 @@ def _decoder_bytes(s: Shape, e: int) -> np.ndarray:
     return layers * (e * weights + _attn_bytes(s, e) + 2.0 * e * tokens * _f(s["hidden"]))
 
 
-_DECODER_COLUMNS = ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "hidden", "ffn",
-                    "layers")
+_ATTN_COLUMNS = ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal")
+_DECODER_COLUMNS = _ATTN_COLUMNS + ("hidden", "ffn", "layers")
+
+
+def _kept(s: Shape) -> np.ndarray:
+    return 1.0 - _f(s["sparsity_pct"]) / 100.0
+
+
+def _sparse_attn_flops(s: Shape) -> np.ndarray:
+    return _kept(s) * _attn_flops(s)
+
+
+def _sparse_attn_bytes(s: Shape, e: int) -> np.ndarray:
+    b, d = _f(s["batch"]), _f(s["head_dim"])
+    q_elems = 2.0 * b * _f(s["q_len"]) * _f(s["heads"]) * d
+    kv_elems = 2.0 * b * _f(s["kv_len"]) * _f(s["kv_heads"]) * d * _kept(s)  # skipped tiles load nothing
+    return e * (q_elems + kv_elems)
 #: Whole routed decoders (schema v3), one op per dynamic family: each family's executor loops,
 #: gathers and scatters in ways whose in-model cost no dense decoder shows.
 ROUTED_DECODER_OPS: dict[str, str] = {
@@ -208,6 +223,29 @@ OPS: dict[str, OpKind] = {
         OpKind("host_glue", (), "host time per dispatch of an eager loop's glue (views, slices, "
                "small index tensors, index_select): the loop glue a Python loop adds between kernels",
                _zero, lambda s, e: _zero(s)),
+        # Schema v5: the kernels graph execution runs (the study's PruningInferSim), and a fill.
+        OpKind("fill", ("numel",), "zero-fill of numel elements (a masked GEMM's output before its tiles run)",
+               _zero, _mem(1.0)),
+        OpKind("rmsnorm_fused", ("numel",), "RMSNorm as one fused kernel (Liger's Triton kernel where "
+               "installed, else torch's F.rms_norm), numel = rows x hidden",
+               lambda s: 4.0 * _numel(s), _mem(2.0), cuda_only=True),
+        OpKind("rope_fused", ("numel",), "rotary embedding of q and k in one kernel, numel = their "
+               "elements together", lambda s: 3.0 * _numel(s), _mem(3.0), cuda_only=True),
+        OpKind("kv_write", ("numel",), "one token's K or V (numel elements) written into its slot of "
+               "a preallocated cache in place", _zero, _mem(2.0), cuda_only=True),
+        OpKind("attn_block_sparse", _ATTN_COLUMNS + ("sparsity_pct",),
+               "tile-skipping block-sparse attention (FlexAttention block mask, 64-key blocks, a "
+               "random mask per KV head): a fraction sparsity_pct / 100 of the key blocks is skipped "
+               "and loads nothing; causal = 1 a prompt, 0 one decode step over the cache",
+               _sparse_attn_flops, _sparse_attn_bytes, cuda_only=True),
+        OpKind("gemm_2to4_graph", ("m", "n", "k"), "gemm_2to4 as cuSPARSELt runs it inside a CUDA "
+               "graph (its algorithm searched once): kernel time, no host work",
+               _gemm24_flops, _gemm24_bytes, cuda_only=True),
+        OpKind("dense_decoder_graph", _DECODER_COLUMNS,
+               "the dense decoder (no LM head) captured in one CUDA graph and replayed, as the "
+               "study's framework runs it: Hugging Face with a static cache written in place, Liger's "
+               "RMSNorm where installed; the in-model check of graph execution",
+               _decoder_flops, _decoder_bytes, cuda_only=True),
     )
 }
 
@@ -219,8 +257,14 @@ MEMORY_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.colum
 DECODER_OPS: tuple[str, ...] = ("dense_decoder", "dense_decoder_prealloc")
 #: The Hugging Face decoder at a negligible width: its framework cost per step (schema v4).
 FRAMEWORK_OP = "decoder_framework"
+#: The dense decoder replayed as one CUDA graph: graph execution's in-model check (schema v5).
+GRAPH_DECODER_OP = "dense_decoder_graph"
 #: Every whole-decoder op, dense and routed: measured for the in-model correction, never executed.
-WHOLE_DECODER_OPS: tuple[str, ...] = DECODER_OPS + tuple(ROUTED_DECODER_OPS.values()) + (FRAMEWORK_OP,)
+WHOLE_DECODER_OPS: tuple[str, ...] = (DECODER_OPS + tuple(ROUTED_DECODER_OPS.values()) + (FRAMEWORK_OP,)
+                                      + (GRAPH_DECODER_OP,))
+#: Ops only graph execution runs: CUDA grids time them, CPU grids do not.
+GRAPH_OPS: tuple[str, ...] = ("rmsnorm_fused", "rope_fused", "kv_write", "attn_block_sparse", "gemm_2to4_graph",
+                              GRAPH_DECODER_OP)
 
 #: Ops every simulation of a dense or pruned decoder needs (2:4 and routing ops are per family).
 REQUIRED_OPS: tuple[str, ...] = ("gemm", "attn_prefill", "attn_decode", "rmsnorm", "silu_mul",

@@ -101,6 +101,11 @@ class Simulator:
         """``cuda`` or ``cpu``: the kind of device the profile describes."""
         return "cuda" if self.estimator.is_cuda else self.estimator.device_kind
 
+    def resolve(self, options: PruneOptions | None = None) -> PruneOptions:
+        """``options`` with what they leave open set to this profile's defaults (graph execution
+        and the study's op graphs on a GPU, eager execution and pis's on a CPU)."""
+        return (options or PruneOptions()).resolved(self.device_kind)
+
     def families(self) -> list[str]:
         """Every family this profile can answer (2:4 needs ``gemm_2to4`` rows, or roofline)."""
         return [m for m in FAMILIES if m != "semi-structured" or self.estimator.allow_roofline

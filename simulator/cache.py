@@ -29,7 +29,8 @@ _DERIVING_MODULES: tuple[str, ...] = tuple(f"pis.{m}" for m in (
     "simulator.interp", "simulator.opmodel", "simulator.estimator", "simulator.opsum", "simulator.opgraph",
     "simulator.points", "simulator.pruning", "simulator.dispatch", "simulator.inmodel.rows",
     "simulator.inmodel.factor_law", "simulator.inmodel.framework", "simulator.inmodel.first_touch",
-    "simulator.inmodel.host_issue", "simulator.inmodel.correction", "profiles.schema", "pruned", "models",
+    "simulator.inmodel.host_issue", "simulator.inmodel.graph_replay", "simulator.inmodel.correction",
+    "simulator.families", "profiles.schema", "pruned", "models",
 ))
 
 

@@ -90,7 +90,8 @@ def _methods_help() -> str:
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, kv_cache: str, op_sum: bool, allow_roofline: bool,
+         align: int, layer_sparsity: str | None, execution: str | None, op_graph: str | None,
+         variant: tuple[str, ...], kv_cache: str | None, op_sum: bool, allow_roofline: bool,
          jobs: int, method: str, sparsity: str, phase: str, fmt: str, out: str | None, force: bool,
          breakdown: bool) -> None:
     """Predict how fast a pruned LLM runs, from a measured latency profile.
@@ -99,10 +100,11 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     from the profile by exact hit, interpolation, or roofline (speed of light / utilization);
     the `path` column shows the mix, and EXTRAP flags any op outside the calibrated range.
     Profiles that measured whole decoders add what a real model loses beyond its op sum, the
-    in-model correction (column `model_x` = latency / op sum): on a GPU run eagerly, the host
-    issuing every dispatch (a decode step at small batch waits on Python, not on the GPU); on a
-    CPU, ops running slower in the model than alone (a factor), Hugging Face's framework cost
-    per step and per dispatch, and the page faults of KV tensors allocated afresh.
+    in-model correction (column `model_x` = latency / op sum): under graph execution (GPU
+    default), the factor of graph-replayed decoders; on a GPU run eagerly, the host issuing
+    every dispatch (a decode step at small batch waits on Python, not on the GPU); on a CPU
+    (eager), ops running slower in the model than alone (a factor), Hugging Face's framework
+    cost per step and per dispatch, and the page faults of KV tensors allocated afresh.
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
     time) and `flops_x` the FLOPs ratio.
 
@@ -112,7 +114,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     t0 = time.perf_counter()
     cols, sim = sweep_from_options(profile, model, method, sparsity, phase, batch, seq_len, context,
                                    granularity, align, layer_sparsity, allow_roofline, jobs, breakdown,
-                                   kv_cache, in_model=not op_sum)
+                                   kv_cache, in_model=not op_sum, execution=execution, op_graph=op_graph,
+                                   variant=variant)
     n = len(cols["model"])
     if fmt == "table":
         click.echo(f"profile: {sim.path}  ({n} design points in {time.perf_counter() - t0:.2f} s)", err=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from pis.errors import PisError
 from pis.models import PRESETS, ModelSpec, load_model
-from pis.pruned import PruneOptions
+from pis.pruned import EXECUTIONS, OP_GRAPHS, VARIANT_NAMES, PruneOptions
 from pis.simulator.api import Simulator
 from pis.simulator.points import PHASES
 from pis.simulator.pruning import FAMILIES, check_methods
@@ -97,10 +97,27 @@ def sweep_options(func: Callable) -> Callable:
                      help="Width pruning and low-rank ranks round to a multiple of this."),
         click.option("--layer-sparsity", type=click.Path(dir_okay=False), default=None,
                      help="File with one sparsity per layer (non-uniform pruning); replaces --sparsity."),
-        click.option("--kv-cache", type=click.Choice(["concat", "preallocated"]), default="concat",
-                     show_default=True,
+        click.option("--execution", type=click.Choice(list(EXECUTIONS)), default=None,
+                     help="How a step runs. graph: the whole step replays as one CUDA graph, with fused "
+                          "RMSNorm and RoPE, the KV cache written in place and the LM head on every "
+                          "prompt token (the study's PruningInferSim, and serving engines). eager: "
+                          "PyTorch issues every op from Python (Hugging Face generate): per-op launches "
+                          "and the host's dispatch cost count. Default: graph on GPU profiles, eager on "
+                          "CPU profiles."),
+        click.option("--op-graph", type=click.Choice(list(OP_GRAPHS)), default=None,
+                     help="Whose op graphs the families follow: study (the study's framework: KV-group "
+                          "width, masked routing, tile-skipping sparse attention, 2:4 on every layer) "
+                          "or pis (pis-validate's executors: query-head width, gather routing, gathered "
+                          "KV blocks, 2:4 on a fraction 2s of the layers). Default: study under graph "
+                          "execution, pis under eager. simulator/FAMILIES.md compares them."),
+        click.option("--variant", "variant", multiple=True, metavar="FAMILY=NAME",
+                     help="One family's op graph, overriding --op-graph: "
+                          + "; ".join(f"{f}={a}|{b}" for f, (a, b) in VARIANT_NAMES.items())
+                          + " (or =study / =pis). Repeatable, or comma-separated."),
+        click.option("--kv-cache", type=click.Choice(["concat", "preallocated"]), default=None,
                      help="Decode KV cache: concat copies each layer's cache per step (Hugging Face "
-                          "DynamicCache); preallocated writes in place (static/paged caches)."),
+                          "DynamicCache, eager only); preallocated writes in place (static/paged "
+                          "caches). Default: concat eager, preallocated under graph execution."),
         click.option("--op-sum", "op_sum", is_flag=True,
                      help="Report plain sums of per-op times (on a GPU: kernel time), without the "
                           "in-model correction fitted to the profile's whole decoders (column "
@@ -127,20 +144,35 @@ class Grid:
     options: PruneOptions
 
 
+def parse_variants(items: "tuple[str, ...] | list[str]") -> tuple[tuple[str, str], ...]:
+    """``--variant FAMILY=NAME`` values (repeated or comma-separated) as (family, name) pairs."""
+    out = []
+    for item in (p.strip() for text in items for p in str(text).split(",") if p.strip()):
+        family, eq, name = item.partition("=")
+        if not eq:
+            raise PisError(f"--variant: {item!r} is not FAMILY=NAME (e.g. static-width=query-heads)")
+        out.append((family.strip(), name.strip()))
+    return tuple(out)
+
+
 def parse_grid(model: str, batch: str, seq_len: str, context: str, granularity: str, align: int,
-               layer_sparsity: str | None, kv_cache: str) -> Grid:
+               layer_sparsity: str | None, kv_cache: str | None, execution: str | None = None,
+               op_graph: str | None = None, variant: "tuple[str, ...]" = ()) -> Grid:
     """The models, sizes and pruning options of the sweep options (one clear error per bad value)."""
     return Grid([load_model(m) for m in split_list(model, "--model", str)],
                 split_list(batch, "--batch", positive_int), split_list(seq_len, "--seq-len", positive_int),
                 split_list(context, "--context", positive_int),
                 PruneOptions(granularity=granularity, align=align,
-                             layer_sparsity=parse_layer_sparsity(layer_sparsity), kv_cache=kv_cache))
+                             layer_sparsity=parse_layer_sparsity(layer_sparsity), kv_cache=kv_cache,
+                             execution=execution, op_graph=op_graph, variants=parse_variants(variant)))
 
 
 def sweep_from_options(profile: str | None, model: str, method: str, sparsity: str, phase: str,
                        batch: str, seq_len: str, context: str, granularity: str, align: int,
                        layer_sparsity: str | None, allow_roofline: bool, jobs: int,
-                       breakdown: bool, kv_cache: str = "concat", in_model: bool = True) -> tuple[Columns, Simulator]:
+                       breakdown: bool, kv_cache: str | None = None, in_model: bool = True,
+                       execution: str | None = None, op_graph: str | None = None,
+                       variant: "tuple[str, ...]" = ()) -> tuple[Columns, Simulator]:
     """Parse the CLI's lists, validate everything, then run the sweep."""
     methods = parse_methods(method)
     phases = split_list(phase, "--phase", str)
@@ -148,10 +180,12 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
     if bad:
         raise PisError(f"--phase: unknown phase {bad[0]!r}; use prefill and/or decode")
     sparsities = split_list(sparsity, "--sparsity", sparsity_value)
-    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache)
+    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache, execution,
+                      op_graph, variant)
     if grid.options.layer_sparsity is not None:
         sparsities = [float(np.mean(grid.options.layer_sparsity))]
     sim = Simulator(profile, allow_roofline=allow_roofline)
+    sim.resolve(grid.options)  # a regime the profile cannot run is an error before any work
     if method.strip() == "all":
         methods = skip_unanswerable(methods, sim)
     cols = sim.columns(grid.models, methods, sparsities, phases, grid.batches, grid.seq_lens, grid.contexts,

@@ -129,10 +129,19 @@ class Estimator:
         Identical shapes are predicted once. Raises :class:`MissingOpError` when the profile
         has no measured rows of ``op`` and the estimator does not allow roofline fallback.
         Ops added to the schema later are answered by their documented stand-in
-        (:data:`STAND_INS`) on profiles measured before them.
+        (:data:`STAND_INS`) on profiles measured before them; a stand-in that is another kernel
+        flags its predictions ``extrapolated``.
         """
-        if op not in self._rows and STAND_INS.get(op) in self._rows:
-            op = STAND_INS[op]
+        if op not in self._rows and op in STAND_INS:
+            alt = STAND_INS[op]
+            if op == "attn_block_sparse":
+                return self._block_sparse_stand_in(shape)
+            if alt.op in self._rows:
+                pred = self.predict(alt.op, {c: alt.scale * np.asarray(v) if c == "numel" else v
+                                             for c, v in shape.items()})
+                if alt.flagged:
+                    pred = OpPrediction(pred.time_us, pred.source, np.ones_like(pred.extrapolated), pred.kernel_us)
+                return pred
         kind = _kind(op)
         keys, out_shape = _shape_matrix(kind, shape)
         uniq, inverse = _unique_rows(keys)
@@ -141,6 +150,31 @@ class Estimator:
         time = kernel
         if self.launch_floor and self.launch_us_per_op is not None:
             time = np.maximum(kernel, self.launch_us_per_op)
+        return OpPrediction(time_us=time, source=source, extrapolated=extrap, kernel_us=kernel)
+
+    def _block_sparse_stand_in(self, shape: Mapping[str, object]) -> OpPrediction:
+        """Tile-skipping block-sparse attention where the profile never timed it: a prompt as the
+        causal attention scaled by the kept fraction of its tiles, a decode step as a dense
+        attention over the kept keys (whole blocks); flagged ``extrapolated``."""
+        cols = ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "sparsity_pct")
+        a = dict(zip(cols, np.broadcast_arrays(*[np.asarray(shape[c]) for c in cols])))
+        keep = 1.0 - a["sparsity_pct"].astype(np.float64) / 100.0
+        causal = a["causal"].astype(bool)
+        blocks = np.ceil(a["kv_len"] / SPARSE_BLOCK - 1e-9)
+        kept_kv = np.minimum(a["kv_len"], np.maximum(1, np.ceil(keep * blocks - 1e-9)) * SPARSE_BLOCK)
+        base = {c: a[c] for c in cols[:-1]}
+        time = np.empty(a["batch"].shape)
+        kernel, source, extrap = time.copy(), np.empty(time.shape, np.int8), np.ones(time.shape, bool)
+        for is_prefill, op in ((True, "attn_prefill"), (False, "attn_decode")):
+            sel = causal == is_prefill
+            if not sel.any():
+                continue
+            sub = {c: v[sel] for c, v in base.items()}
+            if not is_prefill:
+                sub["kv_len"] = kept_kv[sel].astype(np.int64)
+            p = self.predict(op, sub)
+            scale = keep[sel] if is_prefill else 1.0
+            time[sel], kernel[sel], source[sel] = p.time_us * scale, p.kernel_us * scale, p.source
         return OpPrediction(time_us=time, source=source, extrapolated=extrap, kernel_us=kernel)
 
     def op_time(self, op: str, shape: Mapping[str, object]) -> np.ndarray:
@@ -313,9 +347,33 @@ def loo_summary(df: "pd.DataFrame") -> dict[str, float]:
 
 # --- helpers ----------------------------------------------------------------------------------
 
-#: Ops newer than some profiles, and the measured op of the same shape columns that prices
-#: them there: a KV-cache append is a copy of the cache, as an index_select of as many rows is.
-STAND_INS: dict[str, str] = {"kv_concat": "gather"}
+@dataclass(frozen=True)
+class StandIn:
+    """The measured op that prices an op a profile lacks: ``op`` over ``scale`` times the elements;
+    ``flagged`` when it is another kernel (its predictions are marked extrapolated)."""
+
+    op: str
+    flagged: bool
+    scale: float = 1.0
+
+
+#: Ops newer than some profiles, and the measured op that prices them there. A KV-cache append
+#: is a copy of the cache, as an index_select of as many rows is (not flagged). Graph
+#: execution's fused kernels fall back to their eager counterparts, a fill to an add of a third
+#: as many elements (an add moves three times a fill's bytes), graph-replayed 2:4 to eager 2:4
+#: (whose timing holds host work), and block-sparse attention to dense attention over the kept
+#: tiles (:meth:`Estimator._block_sparse_stand_in`).
+STAND_INS: dict[str, StandIn] = {
+    "kv_concat": StandIn("gather", flagged=False),
+    "fill": StandIn("add", flagged=True, scale=1.0 / 3.0),
+    "rmsnorm_fused": StandIn("rmsnorm", flagged=True),
+    "rope_fused": StandIn("rope", flagged=True),
+    "kv_write": StandIn("gather", flagged=True),
+    "gemm_2to4_graph": StandIn("gemm_2to4", flagged=True),
+    "attn_block_sparse": StandIn("attn_prefill", flagged=True),
+}
+#: Key-block size of the block-sparse attention kernels (the study's 64-key tiles).
+SPARSE_BLOCK = 64
 
 
 def _kind(op: str) -> OpKind:

@@ -69,35 +69,54 @@ def dense_projector(name: str, m: np.ndarray, n: np.ndarray, k: np.ndarray,
     return [gemm(name, m, n, k, count)]
 
 
+def norm(name: str, numel: Arr, count: Arr, graph: bool = False) -> OpGroup:
+    """``count`` RMSNorms over ``numel`` elements: Hugging Face's unfused one in eager execution,
+    one fused kernel in graph execution (Liger's, as the study's framework patches in)."""
+    return memop(name, "rmsnorm_fused" if graph else "rmsnorm", numel, count, "norm")
+
+
+def rope(q_numel: Arr, k_numel: Arr, count: Arr, graph: bool = False) -> list[OpGroup]:
+    """Rotary embedding of q and k: Hugging Face's rotate-half per tensor in eager execution,
+    one fused kernel for both in graph execution (the study's Triton kernel)."""
+    if graph:
+        return [memop("rope", "rope_fused", np.asarray(q_numel) + np.asarray(k_numel), count, "elementwise")]
+    return [memop("rope_q", "rope", q_numel, count, "elementwise"),
+            memop("rope_k", "rope", k_numel, count, "elementwise")]
+
+
 def attention_block(spec: ModelSpec, pts: Points, count: Arr, *, tokens: Arr | None = None,
-                    hidden: Arr | None = None, heads: Arr | None = None,
+                    hidden: Arr | None = None, heads: Arr | None = None, kv_heads: Arr | None = None,
                     attn_batch: Arr | None = None, q_len: Arr | None = None,
                     kv_len: Arr | None = None, proj: Projector = dense_projector,
-                    residual: str = "add") -> list[OpGroup]:
+                    residual: str = "add", graph: bool = False, attn_op: str | None = None,
+                    attn_extra: dict | None = None) -> list[OpGroup]:
     """One attention sublayer: norm, q/k/v, RoPE, attention, o, residual.
 
-    ``tokens`` rows run the projections (default: every token); ``heads`` query heads remain
-    (K/V keep all ``kv_heads``); ``residual`` is ``add`` or ``scatter_add`` (routed tokens).
+    ``tokens`` rows run the projections (default: every token); ``heads`` query heads and
+    ``kv_heads`` K/V heads remain (default: all); ``residual`` is ``add`` or ``scatter_add``
+    (routed tokens); ``graph`` picks graph execution's fused kernels (:func:`norm`, :func:`rope`);
+    ``attn_op`` replaces the attention kernel (block-sparse), ``attn_extra`` adds shape columns.
     """
     t = pts.tokens if tokens is None else np.asarray(tokens)
     d_model = spec.hidden if hidden is None else np.asarray(hidden)
     h = spec.heads if heads is None else np.asarray(heads)
-    g, hd = spec.kv_heads, spec.head_dim
+    g = spec.kv_heads if kv_heads is None else np.asarray(kv_heads)
+    hd = spec.head_dim
     c = np.asarray(count, dtype=np.float64)
-    ops = [memop("input_norm", "rmsnorm", t * d_model, c, "norm")]
+    ops = [norm("input_norm", t * d_model, c, graph)]
     if spec.fused_qkv:
         ops += proj("qkv_proj", t, (h + 2 * g) * hd, d_model, c)
     else:
         ops += proj("q_proj", t, h * hd, d_model, c)
-        ops += proj("k_proj", t, np.int64(g * hd), d_model, c)
-        ops += proj("v_proj", t, np.int64(g * hd), d_model, c)
-    ops += [memop("rope_q", "rope", t * h * hd, c, "elementwise"),
-            memop("rope_k", "rope", t * g * hd, c, "elementwise"),
-            attention("attention", pts, c,
-                      batch=pts.batch if attn_batch is None else attn_batch,
-                      q_len=pts.q_len if q_len is None else q_len,
-                      kv_len=pts.kv_len if kv_len is None else kv_len,
-                      heads=h, kv_heads=g, head_dim=hd)]
+        ops += proj("k_proj", t, np.int64(g * hd) if np.ndim(g) == 0 else g * hd, d_model, c)
+        ops += proj("v_proj", t, np.int64(g * hd) if np.ndim(g) == 0 else g * hd, d_model, c)
+    ops += rope(t * h * hd, t * g * hd, c, graph)
+    attn = attention("attention", pts, c, batch=pts.batch if attn_batch is None else attn_batch,
+                     q_len=pts.q_len if q_len is None else q_len, kv_len=pts.kv_len if kv_len is None else kv_len,
+                     heads=h, kv_heads=g, head_dim=hd)
+    if attn_op is not None:
+        attn = OpGroup(attn.name, attn_op, {**attn.shape, **(attn_extra or {})}, attn.count, attn.category)
+    ops.append(attn)
     ops += proj("o_proj", t, d_model, h * hd, c)
     ops.append(memop("attn_residual", residual, t * d_model, c,
                      "elementwise" if residual == "add" else "routing"))
@@ -106,13 +125,13 @@ def attention_block(spec: ModelSpec, pts: Points, count: Arr, *, tokens: Arr | N
 
 def mlp_block(spec: ModelSpec, pts: Points, count: Arr, *, tokens: Arr | None = None,
               hidden: Arr | None = None, ffn: Arr | None = None,
-              proj: Projector = dense_projector, residual: str = "add") -> list[OpGroup]:
+              proj: Projector = dense_projector, residual: str = "add", graph: bool = False) -> list[OpGroup]:
     """One gated MLP sublayer: norm, gate/up, SiLU-and-multiply, down, residual."""
     t = pts.tokens if tokens is None else np.asarray(tokens)
     d_model = spec.hidden if hidden is None else np.asarray(hidden)
     f = spec.ffn if ffn is None else np.asarray(ffn)
     c = np.asarray(count, dtype=np.float64)
-    ops = [memop("post_attn_norm", "rmsnorm", t * d_model, c, "norm")]
+    ops = [norm("post_attn_norm", t * d_model, c, graph)]
     if spec.fused_gate_up:
         ops += proj("gate_up_proj", t, 2 * f, d_model, c)
     else:
@@ -129,10 +148,13 @@ def mlp_block(spec: ModelSpec, pts: Points, count: Arr, *, tokens: Arr | None = 
 LM_HEAD = "lm_head"
 
 
-def ends(spec: ModelSpec, pts: Points, hidden: Arr | None = None) -> list[OpGroup]:
-    """Embedding lookup, final norm and lm_head (last token of each sequence only in prefill)."""
+def ends(spec: ModelSpec, pts: Points, hidden: Arr | None = None, graph: bool = False) -> list[OpGroup]:
+    """Embedding lookup, final norm and lm_head. In prefill the head runs on the last token of
+    each sequence in eager execution (Hugging Face's ``generate``), on every prompt token in
+    graph execution (the study's framework keeps every logit)."""
     d_model = spec.hidden if hidden is None else np.asarray(hidden)
     t = pts.tokens
+    head_rows = t if graph else pts.batch
     return [memop("embedding", "gather", t * d_model, 1.0, "embedding"),
-            memop("final_norm", "rmsnorm", t * d_model, 1.0, "norm"),
-            gemm(LM_HEAD, pts.batch, np.int64(spec.vocab), d_model, 1.0)]
+            norm("final_norm", t * d_model, 1.0, graph),
+            gemm(LM_HEAD, head_rows, np.int64(spec.vocab), d_model, 1.0)]

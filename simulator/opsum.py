@@ -57,6 +57,8 @@ class OpSums:
     head_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: bytes the step allocates afresh above the allocator's mmap threshold (first-touch pages)
     fresh_bytes: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: kernel calls of the step (every op group's count but loop glue's)
+    calls: np.ndarray = field(default_factory=lambda: np.zeros(()))
 
     @property
     def gemm_us(self) -> np.ndarray:
@@ -71,17 +73,19 @@ class OpSums:
                       self.extrapolated[mask], self.by_source_us[:, mask],
                       {k: np.broadcast_to(v, mask.shape)[mask] for k, v in self.by_category_us.items()},
                       self.dispatches[mask], self.glue_dispatches[mask], self.head_us[mask],
-                      self.fresh_bytes[mask])
+                      self.fresh_bytes[mask], self.calls[mask])
 
 
-def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> OpSums:
-    """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points."""
+def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int, launch_floor: bool = True) -> OpSums:
+    """Sum predicted time, FLOPs, bytes and speed-of-light time of ``groups`` over ``n`` points;
+    without ``launch_floor`` (graph execution: no op is launched from the host) every op costs
+    its kernel time alone."""
     def zeros() -> np.ndarray:
         return np.zeros(n)
 
     sums = OpSums(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
                   dispatches=np.full(n, STEP_DISPATCHES), glue_dispatches=zeros(), head_us=zeros(),
-                  fresh_bytes=zeros())
+                  fresh_bytes=zeros(), calls=zeros())
     dtype = est.dtype
     for g in groups:
         count = np.broadcast_to(g.count, (n,))
@@ -91,9 +95,10 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int) -> OpSums:
         if g.op == GLUE_OP:  # loop glue: no kernel, no device time
             sums.glue_dispatches += count * g.dispatches
             continue
+        sums.calls += count
         shape = {k: np.broadcast_to(v, (n,)) for k, v in g.shape.items()}
         pred = est.predict(g.op, shape)
-        t = count * pred.time_us
+        t = count * (pred.time_us if launch_floor else pred.kernel_us)
         sums.op_sum_us += t
         if g.name == LM_HEAD:
             sums.head_us += t

@@ -16,7 +16,7 @@ from pis.errors import PisError, handle_errors
 from pis.simulator.api import Simulator
 from pis.simulator.cli_options import (json_records, parse_grid, parse_methods, skip_unanswerable, sparsity_value,
                                        split_list, sweep_options, write_text)
-from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, frontier,
+from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, efficiency, frontier,
                                   scenario_columns)
 from pis.simulator.points import PHASES
 from pis.simulator.quality import FLAG_OUT_OF_RANGE, load_quality
@@ -35,16 +35,24 @@ def _scenario_label(row: pd.Series) -> str:
     return " ".join(parts)
 
 
-def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame | None) -> str:
-    """Human-readable frontier, bands and study comparison, one block per scenario."""
+#: The study's headline on realized against theoretical speedup, printed beside pis's.
+STUDY_EFFICIENCY = ("study (arXiv 2606.09080): static depth comes closest to its theoretical speedup "
+                    "where the phase is memory-bound (decode at small batch)")
+
+
+def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame | None,
+                 eff: pd.DataFrame | None = None) -> str:
+    """Human-readable frontier, bands, realized ÷ theoretical speedup per family and the study
+    comparison, one block per scenario."""
     from tabulate import tabulate
 
     cols = scenario_columns(front)
     out = []
     for key, f in front.groupby(cols, sort=True):
-        b = found
+        b, e = found, eff
         for c, v in zip(cols, key if isinstance(key, tuple) else (key,)):
             b = b[b[c] == v]
+            e = e[e[c] == v] if e is not None else None
         out.append(f"== {_scenario_label(f.iloc[0])}")
         out.append("Pareto frontier (higher speedup, lower quality loss):")
         view = pd.DataFrame({"method": f["method"], "s": f["sparsity"], "speedup": f["speedup"],
@@ -56,6 +64,12 @@ def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame |
                               "loss_%": [f"{_fmt_loss(a)}-{_fmt_loss(z)}" for a, z in zip(b["loss_from"], b["loss_to"])],
                               "best_speedup": b["best_speedup"], "at_s": b["best_sparsity"]})
         out.append(tabulate(bview, headers="keys", showindex=False, floatfmt=".3g"))
+        if e is not None and len(e):
+            e = e.sort_values("efficiency", ascending=False, kind="mergesort")
+            out.append(f"\nRealized / theoretical speedup per family (at the sparsity nearest 0.5); {STUDY_EFFICIENCY}:")
+            eview = pd.DataFrame({"family": e["method"], "s": e["sparsity"], "speedup": e["speedup"],
+                                  "bound": e["theoretical_speedup"], "realized/bound": e["efficiency"]})
+            out.append(tabulate(eview, headers="keys", showindex=False, floatfmt=".3g"))
         if study is not None and f["phase"].iloc[0] == "prefill":
             c = compare_with_study(b, study)
             out.append("\nStudy bands (arXiv 2606.09080, prefill) vs simulated:")
@@ -73,7 +87,8 @@ def _records(df: pd.DataFrame) -> list:
 
 
 def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFrame,
-           study: pd.DataFrame | None, missing: list[str], quality_source: str, profile: Path) -> str:
+           study: pd.DataFrame | None, missing: list[str], quality_source: str, profile: Path,
+           eff: pd.DataFrame | None = None) -> str:
     """The whole answer in ``fmt`` (table, json object, or csv of every design point)."""
     if fmt == "csv":
         return points.to_csv(index=False, float_format="%.6g")
@@ -85,8 +100,9 @@ def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFr
         return json.dumps({"profile": str(profile), "quality": quality_source,
                            "no_quality_data": missing, "frontier": _records(front),
                            "bands": _records(found), "study_comparison": _records(cmp),
-                           "points": _records(points)}, indent=1)
-    return render_table(front, found, study)
+                           "efficiency": _records(eff) if eff is not None else [],
+                           "study_efficiency": STUDY_EFFICIENCY, "points": _records(points)}, indent=1)
+    return render_table(front, found, study, eff)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -111,7 +127,8 @@ def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFr
 @click.version_option(package_name="pruninginfersim")
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
-         align: int, layer_sparsity: str | None, kv_cache: str, op_sum: bool, allow_roofline: bool,
+         align: int, layer_sparsity: str | None, execution: str | None, op_graph: str | None,
+         variant: tuple[str, ...], kv_cache: str | None, op_sum: bool, allow_roofline: bool,
          jobs: int, method: str,
          sparsity: str, phase: str, quality_file: str | None, plot_dir: str | None, fmt: str,
          out: str | None, force: bool) -> None:
@@ -140,7 +157,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if missing:
         click.echo(f"note: no quality data for {', '.join(missing)} in {quality.source}; "
                    "left out of the frontier", err=True)
-    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache)
+    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache, execution,
+                      op_graph, variant)
     if grid.options.layer_sparsity is not None:
         sparsities = [float(np.mean(grid.options.layer_sparsity))]
     found_points = sim.design_points([m for m in methods if quality.has(m)], sparsities, phase=phase,
@@ -168,7 +186,8 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if fmt == "table":
         click.echo(f"profile: {path}  quality: {quality.source}  ({len(points)} design points in "
                    f"{time.perf_counter() - t0:.2f} s)", err=True)
-    write_text(render(fmt, points, front, found, study, missing, quality.source, path), out, force)
+    eff = efficiency(points)
+    write_text(render(fmt, points, front, found, study, missing, quality.source, path, eff), out, force)
     if points["extrapolated"].any():
         click.echo(f"note: {int(points['extrapolated'].sum())} design points use ops outside the "
                    "profile's calibrated range (extrapolated=true)", err=True)

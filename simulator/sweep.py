@@ -90,7 +90,8 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
     sums with the profile's in-model correction (:mod:`pis.simulator.inmodel`); without it,
     plain op sums.
     """
-    opts = opts or PruneOptions()
+    opts = sim.resolve(opts)
+    floor = not opts.graph  # graph execution launches no op from the host
     methods, sparsities = list(methods), [float(s) for s in sparsities]
     batches, seq_lens, contexts = list(batches), list(seq_lens), list(contexts)
     est = sim.estimator
@@ -98,9 +99,9 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
     for spec, phase in itertools.product(list(models), list(phases)):
         grid = np.array(list(itertools.product(sparsities, batches, seq_lens, contexts)), dtype=np.float64)
         pts = Points.make(phase, grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 0])
-        dense = evaluate(est, build_ops("dense", spec, pts, opts), len(pts))
+        dense = evaluate(est, build_ops("dense", spec, pts, opts), len(pts), floor)
         correction = sim.correction if in_model else None
-        terms = correction.terms(spec, pts, opts.kv_cache) if correction is not None else None
+        terms = correction.terms(spec, pts, opts.kv_cache, execution=opts.execution) if correction is not None else None
         dense_lat = terms.latency_us(dense) if terms is not None else dense.op_sum_us
         first_touch = correction.first_touch() if correction is not None else None
         for method in methods:
@@ -112,10 +113,10 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
                 parts.append(_columns(spec, method, d_pts, d_sums, d_sums, breakdown, dense_lat[first],
                                       dense_lat[first], first_touch))
                 continue
-            sums = evaluate(est, build_ops(method, spec, pts, opts), len(pts))
+            sums = evaluate(est, build_ops(method, spec, pts, opts), len(pts), floor)
             if correction is None:
                 lat = sums.op_sum_us
-            elif correction.has_own_rows(method):  # a routed family whose own decoder was timed
+            elif not opts.graph and correction.has_own_rows(method):  # a routed family's own decoder was timed
                 lat = correction.terms(spec, pts, opts.kv_cache, method).latency_us(sums)
             else:
                 lat = terms.latency_us(sums)

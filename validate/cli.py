@@ -101,6 +101,12 @@ def _write_csv(report, path: Path) -> None:
 @click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Measure the whole suite this many times, interleaved, and report each "
                    "configuration's median over the rounds (steadier on a shared machine).")
+@click.option("--execution", type=click.Choice(["eager", "graph"]), default="eager", show_default=True,
+              help="eager: every step as PyTorch issues it (Hugging Face with its DynamicCache, pis's "
+                   "reference decoder). graph: the study's regime on CUDA: each step captured in one "
+                   "CUDA graph and replayed (events, median of repeats), Hugging Face with a static "
+                   "cache written in place and Liger's RMSNorm/RoPE where installed, the study's op "
+                   "graphs (suites of Llama-3.1-8B shapes at S = 1024, contexts 4096 and 32768).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
 @click.option("--drift/--no-drift", default=True, show_default=True,
@@ -109,7 +115,7 @@ def _write_csv(report, path: Path) -> None:
                    "measured (columns machine_drift_pct, drift_adjusted_error_pct; a few seconds).")
 @handle_errors
 def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
-        force: bool, allow_roofline: bool, rounds: int, threads: int | None, drift: bool) -> None:
+        force: bool, allow_roofline: bool, rounds: int, execution: str, threads: int | None, drift: bool) -> None:
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
@@ -118,6 +124,8 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
     host-issue model on a GPU run eagerly, the in-model factor on a CPU; 1 for profiles without
     whole-decoder rows), and ops_error_pct scores the plain op sum.
     """
+    if execution == "graph" and not device.strip().lower().startswith("cuda"):
+        raise PisError("graph execution replays CUDA graphs: it needs --device cuda:N (use --execution eager)")
     if profile and do_calibrate:
         raise PisError("pass either --profile or --calibrate, not both")
     if not profile and not do_calibrate:
@@ -138,7 +146,7 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    configs = suite_configs(suite, dev.type)
+    configs = suite_configs(suite, dev.type, execution)
     dtype = default_dtype(dev.type)
     with tempfile.TemporaryDirectory(prefix="pis-validate-") as tmp:
         path = calibrate_profile(device, suite_models(configs), Path(tmp), threads) if do_calibrate \
@@ -162,7 +170,7 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
                 drifts.append(d)
         rep = run_configs(configs, sim, dev, dtype, EFFORT[suite], progress=progress(label))
         reports.append(with_drift(rep, d.median_pct) if d is not None else rep)
-    report = with_speedups(combine_rounds(reports)).assign(**provenance(sim, dev, suite))
+    report = with_speedups(combine_rounds(reports)).assign(**provenance(sim, dev, suite), execution=execution)
     click.echo(format_table(report))
     click.echo("")
     click.echo(format_summary(summarize_report(report)))
@@ -192,11 +200,14 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
               help="The suite the report ran (default: its suite column, else quick).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="The kind of device the report ran on (default: its device column).")
+@click.option("--execution", type=click.Choice(["eager", "graph"]), default=None,
+              help="How the report's steps ran (default: its execution column, else eager).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the rescored report as CSV here (refuses to overwrite without --force).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @handle_errors
-def rescore(report: str, profile: str, suite: str | None, device: str | None, out: str | None, force: bool) -> None:
+def rescore(report: str, profile: str, suite: str | None, device: str | None, execution: str | None, out: str | None,
+            force: bool) -> None:
     """Re-predict a saved report: keep its measurements, predict each configuration again.
 
     Measurements are expensive (a GPU lease); predictions are not. A simulator change can be
@@ -207,7 +218,7 @@ def rescore(report: str, profile: str, suite: str | None, device: str | None, ou
     from pis.validate.report import format_speedup, format_summary, summarize_report
     from pis.validate.rescore import rescore_report
 
-    rescored = rescore_report(report, profile, suite, device)
+    rescored = rescore_report(report, profile, suite, device, execution)
     show = ["config", "measured_ms", "predicted_ms", "error_pct", "in_model_factor", "extrapolated"]
     click.echo(rescored[show].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     click.echo("")

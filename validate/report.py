@@ -18,7 +18,7 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "machine_drift_pct", "drift_adjusted_error_pct", "measured_speedup", "predicted_speedup",
     "speedup_error_pct",
     # provenance (:func:`provenance`): what ran, where, against which code and profile
-    "suite", "device_name", "threads", "commit", "profile_sha256",
+    "suite", "execution", "device_name", "threads", "commit", "profile_sha256",
 )
 #: A pruned configuration's dense counterpart: the same model and executor at the same point.
 SPEEDUP_KEY: tuple[str, ...] = ("model", "layers", "backend", "phase", "batch", "seq_len", "context_len")

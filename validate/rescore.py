@@ -30,7 +30,8 @@ def read_report(path: str) -> pd.DataFrame:
     return df
 
 
-def rescore_report(path: str, profile: str, suite: str | None = None, device_kind: str | None = None) -> pd.DataFrame:
+def rescore_report(path: str, profile: str, suite: str | None = None, device_kind: str | None = None,
+                   execution: str | None = None) -> pd.DataFrame:
     """The report at ``path`` with every measured configuration predicted again from ``profile``.
 
     ``suite`` and ``device_kind`` default to the report's own ``suite`` and ``device`` columns
@@ -40,7 +41,9 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
         suite = str(df["suite"].iloc[0]) if "suite" in df and len(df) else "quick"
     if device_kind is None:
         device_kind = "cuda" if "device" in df and str(df["device"].iloc[0]).startswith("cuda") else "cpu"
-    configs = {c.label: c for c in suite_configs(suite, device_kind)}
+    if execution is None:
+        execution = str(df["execution"].iloc[0]) if "execution" in df and len(df) else "eager"
+    configs = {c.label: c for c in suite_configs(suite, device_kind, execution)}
     sim = Simulator(profile)
     rows = []
     for r in df.itertuples():

@@ -18,6 +18,7 @@ from pis.calibrate.device import TORCH_DTYPES
 from pis.calibrate.timing import TimingConfig, measure_step
 from pis.errors import PisError, Unsupported
 from pis.executors import ModelUnderTest, build_model
+from pis.executors.hf import HfModel, fuse_kernels
 from pis.simulator.api import Simulator
 from pis.simulator.estimator import Estimator
 from pis.validate.report import REPORT_COLUMNS, error_pct
@@ -81,8 +82,13 @@ def run_configs(configs: list[Config], sim: Simulator, device: torch.device, dty
                     _free(device)
                     model = build_model(cfg.spec, cfg.method, cfg.sparsity, device, TORCH_DTYPES[dtype],
                                         cfg.options(), reference_dense=cfg.reference)
+                    if cfg.execution == "graph" and isinstance(model, HfModel):
+                        fuse_kernels(model.model, model.config)  # the study's fused RMSNorm (and RoPE)
                     key = cfg.model_key
-                step = model.step(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
+                if cfg.execution == "graph":
+                    step = model.graph_step(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
+                else:
+                    step = model.step(cfg.phase, cfg.batch, cfg.seq_len, cfg.context)
                 med, p10, p90, n = measure_step(step, device, effort)
                 row.update(measured_ms=med, measured_p10_ms=p10, measured_p90_ms=p90, repeats=n,
                            error_pct=error_pct(row["predicted_ms"], med),

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from pis.errors import PisError
 from pis.models import PRESETS, ModelSpec
-from pis.pruned import ROUTED_FAMILIES, PruneOptions
+from pis.pruned import OP_GRAPHS, ROUTED_FAMILIES, VARIANT_NAMES, PruneOptions
 
 SUITES: tuple[str, ...] = ("tiny", "quick", "full")
 
@@ -43,28 +43,42 @@ class Config:
     granularity: str = "layer"
     #: run ``dense`` on the reference decoder (cross-check with HF dense)
     reference: bool = False
+    #: "eager" or "graph" (the step captured in one CUDA graph and replayed)
+    execution: str = "eager"
+    #: the family's op graph: "study" or "pis" (None: the execution's default, study under graph)
+    variant: str | None = None
 
     @property
     def backend(self) -> str:
         return "reference" if self.reference or self.method in ROUTED_FAMILIES else "hf"
 
     @property
+    def op_graph(self) -> str:
+        """The op graph this configuration runs and is predicted with."""
+        return self.variant or ("study" if self.execution == "graph" else "pis")
+
+    @property
     def label(self) -> str:
         name = self.method + ("[ref]" if self.reference else "")
+        if self.method in VARIANT_NAMES and self.op_graph != ("study" if self.execution == "graph" else "pis"):
+            name += f"[{VARIANT_NAMES[self.method][OP_GRAPHS.index(self.op_graph)]}]"
         if self.granularity != "layer":
             name += f"/{self.granularity}"
         shape = f"S={self.seq_len}" if self.phase == "prefill" else f"C={self.context}"
-        return f"{name} s={self.sparsity:g} {self.phase} B={self.batch} {shape}"
+        graph = " graph" if self.execution == "graph" else ""
+        return f"{name} s={self.sparsity:g} {self.phase}{graph} B={self.batch} {shape}"
 
     @property
     def model_key(self) -> tuple:
-        return (self.spec, self.method, self.sparsity, self.granularity, self.reference)
+        return (self.spec, self.method, self.sparsity, self.granularity, self.reference, self.op_graph)
 
     def options(self) -> PruneOptions:
-        # HF decode appends to a DynamicCache (a copy per layer); the reference decoder
-        # preallocates its caches, so each executor is predicted with its own discipline.
-        kv = "preallocated" if self.backend == "reference" else "concat"
-        return PruneOptions(granularity=self.granularity, kv_cache=kv)
+        # HF eager decode appends to a DynamicCache (a copy per layer); the reference decoder
+        # and every graph-captured step write a preallocated cache in place, so each executor is
+        # predicted with its own discipline.
+        kv = "preallocated" if self.backend == "reference" or self.execution == "graph" else "concat"
+        return PruneOptions(granularity=self.granularity, kv_cache=kv, execution=self.execution,
+                            op_graph=self.op_graph)
 
 
 def _points(spec: ModelSpec, method: str, sparsity: float, phase: str,
@@ -106,6 +120,10 @@ def _suite_cpu(suite: str) -> list[Config]:
     # against glibc's 32 MiB mmap threshold), at points the calibration grid does not hold.
     for method, s in (("dense", 0.0), ("static-depth", 0.5), ("static-width", 0.5), ("low-rank", 0.5)):
         cfgs += _points(m, method, s, "decode", [(8, 3072), (12, 3072)])
+    # The study's static width: whole GQA groups pruned, which Hugging Face runs natively with
+    # fewer KV heads (K, V and the cache shrink too).
+    cfgs += (_points(m, "static-width", 0.5, "prefill", pre, variant="study")
+             + _points(m, "static-width", 0.5, "decode", dec, variant="study"))
     return cfgs
 
 
@@ -144,10 +162,45 @@ _FULL_FAMILIES: list[tuple[str, float, dict]] = [
 ]
 
 
-def suite_configs(suite: str, device_kind: str) -> list[Config]:
-    """The configurations of ``suite`` for a ``cpu`` or ``cuda`` device."""
+def _suite_graph(suite: str) -> list[Config]:
+    """Graph execution (the study's regime) on Llama-3.1-8B's shapes, at the study's lengths:
+    prefill S = 1024, decode context 4096 and 32768, batch 1, 8 and 32."""
+    g = dict(execution="graph")
+    if suite == "tiny":
+        m = gpu_model(2)
+        return (_points(m, "dense", 0.0, "prefill", [(1, 1024)], **g)
+                + _points(m, "static-width", 0.5, "decode", [(8, 4096)], **g))
+    m = gpu_model(4)
+    if suite == "quick":
+        pre, dec = [(8, 1024)], [(1, 4096), (32, 32768)]
+        methods = ("dense", "static-depth", "static-width", "low-rank", "semi-structured")
+        return [c for meth in methods for c in (_points(m, meth, 0.0 if meth == "dense" else 0.5, "prefill", pre, **g)
+                                                 + _points(m, meth, 0.0 if meth == "dense" else 0.5, "decode", dec, **g))]
+    all_pre, all_dec = [(1, 1024), (8, 1024), (32, 1024)], [(b, c) for b in (1, 8, 32) for c in (4096, 32768)]
+    cfgs = _points(m, "dense", 0.0, "prefill", all_pre, **g) + _points(m, "dense", 0.0, "decode", all_dec, **g)
+    pre, dec = [(8, 1024)], [(1, 4096), (32, 32768)]
+    for method, s, kw in GRAPH_FAMILIES:
+        cfgs += _points(m, method, s, "prefill", pre, **g, **kw) + _points(m, method, s, "decode", dec, **g, **kw)
+    return cfgs
+
+
+#: (method, sparsity, Config options) of the full graph suite beside dense.
+GRAPH_FAMILIES: list[tuple[str, float, dict]] = [
+    ("static-depth", 0.5, {}), ("static-width", 0.5, {}), ("static-width", 0.5, {"variant": "pis"}),
+    ("static-width-hidden", 0.5, {}), ("semi-structured", 0.5, {}), ("unstructured", 0.5, {}),
+    ("low-rank", 0.5, {}), ("dynamic-depth", 0.5, {}), ("sparse-attention", 0.5, {}),
+    ("dynamic-width", 0.5, {}),
+]
+
+
+def suite_configs(suite: str, device_kind: str, execution: str = "eager") -> list[Config]:
+    """The configurations of ``suite`` for a ``cpu`` or ``cuda`` device, run ``execution``."""
     if suite not in SUITES:
         raise PisError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    if execution == "graph":
+        if device_kind != "cuda":
+            raise PisError("graph execution replays CUDA graphs: it needs a CUDA device (--execution eager)")
+        return _suite_graph(suite)
     return _suite_gpu(suite) if device_kind == "cuda" else _suite_cpu(suite)
 
 

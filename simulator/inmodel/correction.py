@@ -10,7 +10,9 @@ and this class fits one term per concern to them (``docs/model.md``):
 * first-touch pages (CPU): fresh tensors above the mmap threshold (:mod:`.first_touch`);
 * loop glue: the routed executors' host-only dispatches, at the measured ``host_glue`` cost;
 * host issue (CUDA, eager): the step is no faster than the host issues its dispatches
-  (:mod:`.host_issue`).
+  (:mod:`.host_issue`);
+* graph replay (CUDA graph execution): a captured step launches one graph, not one per op
+  (:mod:`.graph_replay`).
 
 :meth:`InModelCorrection.terms` resolves them at a sweep's design points into one
 :class:`Terms`, which turns each design point's :class:`~pis.simulator.opsum.OpSums` into a
@@ -29,9 +31,10 @@ from pis.simulator.estimator import Estimator
 from pis.simulator.inmodel.factor_law import FactorLaws, scaled
 from pis.simulator.inmodel.first_touch import FirstTouch, fit_first_touch
 from pis.simulator.inmodel.framework import FrameworkCost, fit_framework
+from pis.simulator.inmodel.graph_replay import GraphReplay, fit_graph_replay
 from pis.simulator.inmodel.host_issue import HostIssue, fit_host_issue
-from pis.simulator.inmodel.rows import (DIMS, EXECUTOR_OF_OP, OP_FOR_KV_CACHE, DecoderRow, decoder_groups,
-                                        decoder_spec, decoder_sums)
+from pis.simulator.inmodel.rows import (DIMS, EXECUTOR_OF_OP, GRAPH_EXECUTOR, OP_FOR_KV_CACHE, DecoderRow,
+                                        decoder_groups, decoder_spec, decoder_sums)
 from pis.simulator.opsum import OpSums
 from pis.simulator.points import Points
 from pis.profiles.schema import FRAMEWORK_OP
@@ -43,7 +46,7 @@ class Terms:
 
     CPU: the op sum under the factors (GEMMs and other ops; the LM head, which no row times,
     unscaled), plus loop glue, first-touch pages and Hugging Face's framework cost. CUDA eager:
-    the host-issue model. Neither: the op sum as it is.
+    the host-issue model. Graph execution: the graph-replay law. None of them: the op sum.
     """
 
     #: CPU: factor on the GEMMs and on the other ops (arrays of N)
@@ -59,11 +62,15 @@ class Terms:
     #: CUDA eager: the host-issue model, and the measured µs per loop-glue dispatch if any
     host_issue: HostIssue | None = None
     host_glue_us_per_dispatch: float | None = None
+    #: graph execution: the graph-replay law (None: the op sum as it is)
+    graph_replay: GraphReplay | None = None
 
     def latency_us(self, sums: OpSums) -> np.ndarray:
         """In-model latency (µs) of each design point whose op sums are ``sums``."""
         op_sum = np.asarray(sums.op_sum_us, dtype=np.float64)
         head = np.asarray(sums.head_us, dtype=np.float64)
+        if self.graph_replay is not None:
+            return self.graph_replay.latency_us(op_sum, sums.calls, head)
         if self.host_issue is not None:
             return self.host_issue.latency_us(np.asarray(sums.dispatches), op_sum,
                                               np.asarray(sums.glue_dispatches, dtype=np.float64),
@@ -105,22 +112,26 @@ class InModelCorrection:
             if op == FRAMEWORK_OP:
                 continue
             executor, spec = EXECUTOR_OF_OP[op], decoder_spec(dims, layers)
-            if executor in OP_FOR_KV_CACHE:
+            if executor == GRAPH_EXECUTOR:
+                sums = decoder_sums(est, spec, phase, batch, length, "preallocated", execution="graph")
+            elif executor in OP_FOR_KV_CACHE:
                 sums = decoder_sums(est, spec, phase, batch, length, executor)
             else:
                 sums = decoder_sums(est, spec, phase, batch, length, "preallocated", method=executor, sparsity=s)
-            fw = self.framework.get(phase) if executor == "concat" else None
+            fw = self.framework.get(phase) if executor == "concat" and not self.host_bound else None
             framework_us = fw.cost_us(sums.dispatches) if fw else np.zeros(len(batch))
             self.rows.setdefault((executor, dims), []).extend(
                 DecoderRow(phase=phase, batch=int(batch[i]), length=int(length[i]), measured_us=float(median_us[i]),
                            op_sum_us=float(sums.op_sum_us[i]), dispatches=float(sums.dispatches[i]), sparsity=s,
                            glue_us=float(sums.glue_dispatches[i]) * self._glue_floor_us,
                            framework_us=float(framework_us[i]), gemm_us=float(sums.gemm_us[i]),
-                           fresh_bytes=0.0 if self.host_bound else float(sums.fresh_bytes[i]))
+                           fresh_bytes=0.0 if self.host_bound else float(sums.fresh_bytes[i]),
+                           kernels=float(sums.calls[i]))
                 for i in range(len(batch)))
-        self.laws = FactorLaws(self.rows)
+        self.laws = FactorLaws({k: v for k, v in self.rows.items() if k[0] != GRAPH_EXECUTOR})
         self._host: dict[tuple, HostIssue] | None = None  # fitted on first use
         self._first_touch: FirstTouch | None | bool = False  # fitted on first use (None: no rows)
+        self._graph: dict[tuple, GraphReplay] | None = None  # fitted on first use
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -133,13 +144,16 @@ class InModelCorrection:
                     laws=self.laws.fit_all(),
                     host={k: (h.us_per_dispatch, h.device_factor, h.p, h.rows)
                           for k, h in (self.host_issue_fits().items() if self.host_bound else ())},
+                    graph={k: (g.factor, g.us_per_kernel, g.rows) for k, g in self.graph_replay_fits().items()},
                     first_touch=None if self.first_touch() is None else
                     (self.first_touch().us_per_mib, self.first_touch().rows))
 
     def _restore(self, state: dict) -> None:
         self.rows = {k: [DecoderRow(**r) for r in rs] for k, rs in state["rows"].items()}
         self.framework = {p: FrameworkCost(*f) for p, f in state["framework"].items()}
-        self.laws = FactorLaws.from_fits(self.rows, state["laws"])
+        self.laws = FactorLaws.from_fits({k: v for k, v in self.rows.items() if k[0] != GRAPH_EXECUTOR},
+                                         state["laws"])
+        self._graph = {k: GraphReplay(*g) for k, g in state["graph"].items()}
         self._host = {k: HostIssue(*h) for k, h in state["host"].items()} if self.host_bound else None
         ft = state["first_touch"]
         self._first_touch = None if ft is None else FirstTouch(*ft)
@@ -148,9 +162,14 @@ class InModelCorrection:
         """Whether ``method``'s own executor has whole-decoder rows (used on a CPU)."""
         return not self.host_bound and any(ex == method for ex, _ in self.rows)
 
-    def terms(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None) -> Terms:
+    def terms(self, spec: ModelSpec, pts: Points, kv_cache: str = "concat", method: str | None = None,
+              execution: str = "eager") -> Terms:
         """The correction at ``pts``, resolved once for every method a sweep evaluates there (or
         for ``method`` where it has its own rows, :meth:`has_own_rows`).
+
+        Graph execution: the factor law of the profile's graph-replayed dense decoders (one
+        factor; 1 without such rows); no host issue, loop glue or framework cost, which a graph
+        replay does not run.
 
         The LM head is priced at its own row on both devices, never scaled: no whole-decoder row
         includes it, so nothing fitted to them describes it. With ``kv_cache="concat"``
@@ -159,6 +178,8 @@ class InModelCorrection:
         whose reference executor has no such cost). Fresh allocations add their first-touch
         cost on a CPU only: the CUDA caching allocator reuses its blocks.
         """
+        if execution == "graph":
+            return Terms(graph_replay=self.graph_replay(spec, pts.phase))
         if self.host_bound:
             return Terms(host_issue=self.host_issue(spec, pts.phase, kv_cache),
                          host_glue_us_per_dispatch=self._glue_us)
@@ -168,6 +189,22 @@ class InModelCorrection:
         hf = (pts.sparsity == 0) if method and self.has_own_rows(method) else np.ones(len(pts), dtype=bool)
         return Terms(gemm_factor=f_gemm, other_factor=f_other, glue_us_per_dispatch=self._glue_floor_us,
                      framework=fw, framework_on=hf, first_touch=self.first_touch())
+
+    def graph_replay_fits(self) -> dict[tuple, GraphReplay]:
+        """The fitted graph-replay laws, keyed (dims, phase)."""
+        if self._graph is None:
+            self._graph = {(dims, phase): law for (ex, dims), rows in self.rows.items() if ex == GRAPH_EXECUTOR
+                           for phase, law in fit_graph_replay(rows).items()}
+        return self._graph
+
+    def graph_replay(self, spec: ModelSpec, phase: str) -> GraphReplay | None:
+        """The graph-replay law of ``spec``'s nearest graph-replayed decoder (None: no such rows)."""
+        measured = sorted({dims for (ex, dims) in self.rows if ex == GRAPH_EXECUTOR})
+        if not measured:
+            return None
+        want = np.log([spec.hidden, spec.ffn])
+        dims = min(measured, key=lambda d: float(np.abs(np.log(d[:2]) - want).sum()))
+        return self.graph_replay_fits().get((dims, phase))
 
     def host_issue_fits(self) -> dict[tuple, HostIssue]:
         """The fitted host-issue models, keyed (kv_cache, dims, phase); fitted on first use."""

@@ -24,12 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from pis.models import ModelSpec
-from pis.simulator.inmodel.rows import DIMS, OP_FOR_KV_CACHE, DecoderRow
+from pis.simulator.inmodel.rows import DIMS, GRAPH_EXECUTOR, OP_FOR_KV_CACHE, DecoderRow
 from pis.simulator.points import Points
 
 
-#: The dense executors (cache disciplines); every other executor of a row is a routed family.
-DENSE_EXECUTORS: frozenset[str] = frozenset(OP_FOR_KV_CACHE)
+#: The dense executors (eager cache disciplines, graph execution); every other executor of a row
+#: is a routed family.
+DENSE_EXECUTORS: frozenset[str] = frozenset(OP_FOR_KV_CACHE) | {GRAPH_EXECUTOR}
 #: Bounds of ρ, the other ops' factor over the GEMMs'.
 OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
 

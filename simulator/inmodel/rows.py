@@ -14,7 +14,7 @@ import numpy as np
 
 from pis.models import ModelSpec
 from pis.pruned import PruneOptions
-from pis.profiles.schema import DECODER_OPS, FRAMEWORK_OP, ROUTED_DECODER_OPS, STATUS_OK
+from pis.profiles.schema import DECODER_OPS, FRAMEWORK_OP, GRAPH_DECODER_OP, ROUTED_DECODER_OPS, STATUS_OK
 from pis.simulator.estimator import Estimator
 from pis.simulator.opgraph import LM_HEAD
 from pis.simulator.opsum import OpSums, evaluate
@@ -25,8 +25,11 @@ from pis.simulator.pruning import build_ops
 DIMS: tuple[str, ...] = ("hidden", "ffn", "heads", "kv_heads", "head_dim")
 #: The whole-decoder op measured for each KV-cache discipline of :class:`PruneOptions`.
 OP_FOR_KV_CACHE: dict[str, str] = dict(zip(("concat", "preallocated"), DECODER_OPS))
-#: The executor each whole-decoder op measured: a dense cache discipline, or a routed family.
-EXECUTOR_OF_OP: dict[str, str] = {**{op: kv for kv, op in OP_FOR_KV_CACHE.items()},
+#: The executor of graph execution's rows (the dense decoder replayed as one CUDA graph).
+GRAPH_EXECUTOR = "graph"
+#: The executor each whole-decoder op measured: a dense cache discipline, graph execution, or a
+#: routed family.
+EXECUTOR_OF_OP: dict[str, str] = {**{op: kv for kv, op in OP_FOR_KV_CACHE.items()}, GRAPH_DECODER_OP: GRAPH_EXECUTOR,
                                   **{op: family for family, op in ROUTED_DECODER_OPS.items()}}
 
 
@@ -53,6 +56,8 @@ class DecoderRow:
     gemm_us: float = 0.0
     #: bytes allocated afresh above the mmap threshold per step (CPU rows)
     fresh_bytes: float = 0.0
+    #: kernel calls of the predicted step
+    kernels: float = 0.0
 
     @property
     def target_us(self) -> float:
@@ -90,12 +95,14 @@ def decoder_groups(columns: dict[str, np.ndarray], dtype: str) -> dict[tuple, tu
 
 
 def decoder_sums(est: Estimator, spec: ModelSpec, phase: str, batch: np.ndarray, length: np.ndarray,
-                 kv_cache: str = "concat", method: str = "dense", sparsity: float = 0.0) -> OpSums:
+                 kv_cache: str = "concat", method: str = "dense", sparsity: float = 0.0,
+                 execution: str = "eager") -> OpSums:
     """The op sums of the decoder ``spec`` (``method`` at ``sparsity``; dense by default) without
-    its LM head at each (batch, length), with the cache discipline ``kv_cache`` of the executor
-    that measured the row."""
+    its LM head at each (batch, length), with the cache discipline ``kv_cache`` and the
+    ``execution`` of the executor that measured the row (pis's op graphs)."""
     batch, length = np.atleast_1d(batch), np.atleast_1d(length)
     seq, ctx = (length, length) if phase == "prefill" else (np.ones_like(length), length)
     pts = Points.make(phase, batch, seq, ctx, sparsity)
-    groups = [g for g in build_ops(method, spec, pts, PruneOptions(kv_cache=kv_cache)) if g.name != LM_HEAD]
-    return evaluate(est, groups, len(pts))
+    opts = PruneOptions(kv_cache=kv_cache, execution=execution, op_graph="pis")
+    groups = [g for g in build_ops(method, spec, pts, opts) if g.name != LM_HEAD]
+    return evaluate(est, groups, len(pts), launch_floor=execution == "eager")

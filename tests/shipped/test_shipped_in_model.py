@@ -21,14 +21,15 @@ def test_eager_gpu_decode_is_host_bound_so_width_pruning_does_not_pay():
     # The shipped H100 profile: at batch 1 an eager decode step waits on the host issuing ops.
     sim = Simulator("h100")
     spec = PRESETS["llama-3.1-8b"]
-    df = sweep(sim, [spec], ["static-width", "static-depth"], [0.5], ["decode"], [1], [1], [4096])
+    eager = PruneOptions(execution="eager", op_graph="pis")
+    df = sweep(sim, [spec], ["static-width", "static-depth"], [0.5], ["decode"], [1], [1], [4096], eager)
     by = df.set_index("method")
     fit = sim.correction.host_issue(spec, "decode", "concat")
     assert fit is not None and fit.rows > 0 and 1.0 < fit.us_per_dispatch < 100.0
     assert (df["in_model_factor"] > 1.0).all()  # slower than its kernels
     assert by.loc["static-width", "speedup"] < 1.15  # the host issues as many ops
     assert by.loc["static-depth", "speedup"] > 1.6  # half the layers: half the ops and kernels
-    plain = sweep(sim, [spec], ["static-width"], [0.5], ["decode"], [1], [1], [4096], in_model=False)
+    plain = sweep(sim, [spec], ["static-width"], [0.5], ["decode"], [1], [1], [4096], eager, in_model=False)
     assert plain["speedup"].iloc[0] > by.loc["static-width", "speedup"]
 
 
