@@ -1,5 +1,6 @@
 """Every bench calibration can run, by op: :mod:`pis.calibrate.ops` for the ops an eager
 simulation executes, :mod:`pis.calibrate.graph_benches` for graph execution's kernels,
+:mod:`pis.calibrate.quant_benches` for GEMMs with quantized weights,
 :mod:`pis.calibrate.decoder_benches` for whole decoders."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 from pis.calibrate import graph_benches as gb
 from pis.calibrate.decoder_benches import DECODER_BUILDERS
 from pis.calibrate.ops import OP_BUILDERS, Bench, Builder, Shape
+from pis.calibrate.quant_benches import QUANT_BUILDERS
 from pis.profiles.schema import OPS
 
 #: Graph execution's kernels (:mod:`pis.calibrate.graph_benches`) and the zero-fill.
@@ -17,7 +19,7 @@ GRAPH_BUILDERS: dict[str, Builder] = {
     "kv_write": gb.build_kv_write, "attn_block_sparse": gb.build_attn_block_sparse,
     "gemm_2to4_graph": gb.build_gemm_2to4_graph,
 }
-BUILDERS: dict[str, Builder] = {**OP_BUILDERS, **GRAPH_BUILDERS, **DECODER_BUILDERS}
+BUILDERS: dict[str, Builder] = {**OP_BUILDERS, **GRAPH_BUILDERS, **QUANT_BUILDERS, **DECODER_BUILDERS}
 assert set(BUILDERS) == set(OPS), "every schema op needs a builder"
 
 

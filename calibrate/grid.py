@@ -42,8 +42,8 @@ from pis.calibrate.decoder_points import decoder_points, decoder_shapes
 from pis.calibrate.point import Point, point
 from pis.errors import PisError
 from pis.models import ModelSpec, load_model
-from pis.profiles.schema import (DTYPE_BYTES, GRAPH_OPS, MEMORY_OPS, OPS, REQUIRED_OPS, WHOLE_DECODER_OPS, op_bytes,
-                                 op_flops)
+from pis.profiles.schema import (DTYPE_BYTES, GRAPH_OPS, MEMORY_OPS, OPS, QUANTIZED_GEMM, REQUIRED_OPS,
+                                 WHOLE_DECODER_OPS, op_bytes, op_flops)
 from pis.pruned import calibration_shapes, pruned_heads
 
 if TYPE_CHECKING:  # torch stays out of import time
@@ -56,6 +56,8 @@ MODEL_SPARSITIES: tuple[float, ...] = tuple(np.round(np.arange(10) / 10, 1))
 #: (q_len = (1-s)·S over S keys: a shape no dense grid holds, else priced by roofline).
 ROUTED_KEEP_SPARSITIES: tuple[float, ...] = (0.25, 0.5, 0.75)
 MODEL_ALIGN = 64
+#: The int4 group size calibration measures (``--group-size``'s default, as common int4 kernels use).
+QUANT_GROUP = 128
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class GridSpec:
     max_flops: float
     max_bytes: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: GEMMs with quantized weights (gemm_w8, gemm_w4 at QUANT_GROUP; gemm_fp8 on CUDA): M
+    #: values x (N, K) from quant_nk squared, plus the model's widths with --model
+    quant_m: tuple[int, ...] = ()
+    quant_nk: tuple[int, ...] = ()
+    #: FLOPs cap of the quantized GEMMs (None: max_flops). CPU weight-only kernels run many times
+    #: slower than the native GEMM once M grows, so their cap is lower there.
+    quant_max_flops: float | None = None
 
 
 def _heads(heads: Iterable[int], ratios: Iterable[int]) -> tuple[tuple[int, int], ...]:
@@ -117,7 +126,8 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         wide_n=(), wide_k=(), wide_m=(), gemm24_m=(8,), gemm24_nk=(256,),
         head_dims=(64,), heads=((4, 1), (4, 4)), prefill_batch=(1,), prefill_seq=(16, 64),
         decode_batch=(1, 2), decode_kv=(64, 256), numel=(1024, 65536), topk_m=(4,), topk_n=(64,),
-        max_flops=1e8, max_bytes=64e6),
+        max_flops=1e8, max_bytes=64e6,
+        quant_m=(1, 8), quant_nk=(256,)),
     ("quick", "cpu"): GridSpec(
         gemm_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
         gemm_n=(16, 64, 256, 1024, 2048, 4096, 8192), gemm_k=(64, 256, 1024, 2048, 4096, 8192),
@@ -128,7 +138,8 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=(1, 8), prefill_seq=(32, 128, 512),
         decode_batch=(1, 8), decode_kv=(64, 256, 1024, 4096),
         numel=_pow2(8, 24, 2) + (2 ** 25,), topk_m=(1, 64, 4096), topk_n=(4, 8, 16, 512),
-        max_flops=2e10, max_bytes=2.5e9),
+        max_flops=2e10, max_bytes=2.5e9,
+        quant_m=(1, 4, 16, 64, 256), quant_nk=(256, 1024, 4096), quant_max_flops=2e9),
     ("default", "cpu"): GridSpec(
         gemm_m=_pow2(0, 12), gemm_n=(16, 32, 64, 128) + _pow2(8, 13), gemm_k=(16, 32, 64, 128) + _pow2(8, 13),
         gemm_extra=((1, 16), (1, 64)),
@@ -138,7 +149,9 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=(1, 2, 4, 8), prefill_seq=(16, 32, 64, 128, 256, 512),
         decode_batch=(1, 2, 4, 8), decode_kv=_pow2(6, 12),
         numel=_pow2(8, 25), topk_m=(1, 8, 64, 512, 4096), topk_n=(4, 8, 16, 64, 512, 2048),
-        max_flops=2e11, max_bytes=4e9),
+        max_flops=2e11, max_bytes=4e9,
+        quant_m=(1, 2, 4, 8, 16, 64, 256), quant_nk=(256, 1024, 2048, 4096, 8192),
+        quant_max_flops=2e9),
     ("full", "cpu"): GridSpec(
         gemm_m=_half_steps(0, 12), gemm_n=(1, 8, 16, 32, 64, 128) + _half_steps(8, 13),
         gemm_k=(16, 32, 64, 128) + _half_steps(8, 13), gemm_extra=(),
@@ -148,13 +161,15 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=_pow2(0, 4), prefill_seq=_pow2(4, 10),
         decode_batch=_pow2(0, 4), decode_kv=_pow2(5, 13),
         numel=_half_steps(8, 26), topk_m=(1, 8, 64, 512, 4096), topk_n=(4, 8, 16, 64, 512, 2048, 8192),
-        max_flops=1e12, max_bytes=6e9),
+        max_flops=1e12, max_bytes=6e9,
+        quant_m=_pow2(0, 11), quant_nk=_half_steps(8, 13), quant_max_flops=8e9),
     ("tiny", "cuda"): GridSpec(
         gemm_m=(1, 16, 256), gemm_n=(256, 1024), gemm_k=(256, 1024), gemm_extra=((1, 16),),
         wide_n=(), wide_k=(), wide_m=(), gemm24_m=(16, 256), gemm24_nk=(1024,),
         head_dims=(128,), heads=((8, 2), (8, 8)), prefill_batch=(1,), prefill_seq=(128, 512),
         decode_batch=(1, 8), decode_kv=(128, 1024), numel=(4096, 2 ** 20), topk_m=(64,), topk_n=(512,),
-        max_flops=1e12, max_bytes=1e9),
+        max_flops=1e12, max_bytes=1e9,
+        quant_m=(1, 16, 256), quant_nk=(1024,)),
     ("quick", "cuda"): GridSpec(
         gemm_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
         gemm_n=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
@@ -166,7 +181,8 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=(1, 4, 16, 64), prefill_seq=(128, 512, 2048, 8192, 32768),
         decode_batch=(1, 4, 16, 64, 256), decode_kv=(128, 512, 2048, 8192, 32768, 131072),
         numel=_pow2(10, 30, 2), topk_m=(1, 64, 4096, 65536), topk_n=(4, 8, 16, 512, 8192),
-        max_flops=4e13, max_bytes=24e9),
+        max_flops=4e13, max_bytes=24e9,
+        quant_m=(1, 4, 16, 64, 256, 1024, 4096, 16384), quant_nk=(1024, 4096, 16384)),
     ("default", "cuda"): GridSpec(
         gemm_m=_GPU_SMALL_M + (192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
                                12288, 16384, 32768, 65536),
@@ -179,7 +195,8 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=_pow2(0, 6, 1), prefill_seq=_pow2(7, 15),
         decode_batch=_pow2(0, 8), decode_kv=_pow2(7, 17),
         numel=_pow2(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(4, 8, 16, 64, 512, 2048, 8192),
-        max_flops=6e13, max_bytes=32e9),
+        max_flops=6e13, max_bytes=32e9,
+        quant_m=_GPU_SMALL_M + (256, 512, 1024, 2048, 4096, 8192, 16384), quant_nk=_pow2(10, 15)),
     ("full", "cuda"): GridSpec(
         gemm_m=tuple(sorted(set(_GPU_SMALL_M) | set(_half_steps(0, 16)) | set(range(8, 129, 8)))),
         gemm_n=(1, 8, 16, 32, 64, 128) + _half_steps(8, 15), gemm_k=(16, 32, 64, 128) + _half_steps(8, 15),
@@ -191,7 +208,8 @@ _SPECS: dict[tuple[str, str], GridSpec] = {
         prefill_batch=_pow2(0, 7), prefill_seq=_pow2(6, 15),
         decode_batch=_pow2(0, 8), decode_kv=_pow2(6, 17),
         numel=_half_steps(10, 31), topk_m=(1, 8, 64, 512, 4096, 65536), topk_n=(4, 8, 16, 64, 512, 2048, 8192, 32768),
-        max_flops=2e14, max_bytes=48e9),
+        max_flops=2e14, max_bytes=48e9,
+        quant_m=_pow2(0, 16), quant_nk=_half_steps(10, 15)),
 }
 
 
@@ -282,6 +300,30 @@ def _points(spec: GridSpec, device_kind: str, model_pairs: Sequence[tuple[int, i
     return pts
 
 
+#: Sparsities whose GEMM widths ``--model`` adds for the quantized GEMMs (fewer than for native
+#: GEMMs: each quantized format doubles or triples the points).
+QUANT_MODEL_SPARSITIES: tuple[float, ...] = (0.0, 0.25, 0.5)
+
+
+def _quantized_points(spec: GridSpec, device_kind: str, dims: dict[str, int] | None) -> list[Point]:
+    """GEMMs with int8 and int4 weights (and fp8 on CUDA) at the grid's quantized axes and, with
+    ``--model``, the model's widths at :data:`QUANT_MODEL_SPARSITIES`; int4 at
+    :data:`QUANT_GROUP`, or the largest group dividing a smaller K (as the quantizer groups it)."""
+    pairs = list(itertools.product(spec.quant_nk, spec.quant_nk))
+    if dims:
+        m = ModelSpec("grid-model", **{f: int(dims[f]) for f in ("hidden", "ffn", "layers", "heads", "kv_heads",
+                                                                 "head_dim", "vocab")})
+        pairs += [(n, k) for n, k in calibration_shapes(m, QUANT_MODEL_SPARSITIES, MODEL_ALIGN)
+                  if n > 16 and n != m.vocab]
+    ops = ("gemm_w8", "gemm_w4") + (("gemm_fp8",) if device_kind == "cuda" else ())
+    pts: list[Point] = []
+    for op in ops:
+        for n, k in pairs:
+            extra = {"group_size": math.gcd(int(k), QUANT_GROUP)} if op == "gemm_w4" else {}
+            pts += [point(op, m=m, n=n, k=k, **extra) for m in spec.quant_m]
+    return pts
+
+
 #: Block-sparse attention's sparsities (percent), and its shapes at the study's lengths. Every
 #: shape compiles its own FlexAttention kernel (seconds each), so the set stays small.
 BLOCK_SPARSE_PCT: tuple[int, ...] = (25, 50, 75)
@@ -352,7 +394,8 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
     seen: set[Point] = set()
     kept: list[Point] = []
     extra = model_attention_points(name, device_kind, model_dims) if model_dims else []
-    for p in _points(spec, device_kind, model_pairs) + extra + decoder_points(name, device_kind, model_dims):
+    pts = _points(spec, device_kind, model_pairs) + _quantized_points(spec, device_kind, model_dims)
+    for p in pts + extra + decoder_points(name, device_kind, model_dims):
         if p in seen:
             continue
         seen.add(p)
@@ -360,7 +403,8 @@ def build_grid(name: str, device_kind: str, dtype: str, model_pairs: Sequence[tu
             continue
         s = p.shape_dict
         if p.shape and p.op not in WHOLE_DECODER_OPS:
-            if float(op_flops(p.op, s)) > spec.max_flops or live_bytes(p.op, s, dtype) > spec.max_bytes:
+            cap = spec.quant_max_flops if p.op in QUANTIZED_GEMM.values() and spec.quant_max_flops else spec.max_flops
+            if float(op_flops(p.op, s)) > cap or live_bytes(p.op, s, dtype) > spec.max_bytes:
                 continue
         kept.append(p)
     kept.sort(key=_order)

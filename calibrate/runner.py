@@ -26,11 +26,12 @@ from pis.calibrate import benches, ops
 from pis.calibrate.device import TORCH_DTYPES, default_dtype, device_meta, resolve_device
 from pis.calibrate.grid import (GRID_NAMES, MODEL_ALIGN, MODEL_SPARSITIES, Grid, build_grid, decoder_passes,
                                 model_pairs, schedule, timing_config)
+from pis.calibrate.anchors import Anchors, anchor_points, too_noisy
 from pis.calibrate.point import Point
 from pis.calibrate.timing import Timer, make_timer
 from pis.errors import PisError, ProfileError, Unsupported
-from pis.profiles.schema import (DTYPE_BYTES, OPS, SCHEMA_VERSION, STATUS_OK, STATUS_SKIPPED_OOM,
-                                 STATUS_SKIPPED_UNSUPPORTED, WHOLE_DECODER_OPS, op_bytes,
+from pis.profiles.schema import (DTYPE_BYTES, OPS, SCHEMA_VERSION, STATUS_OK, STATUS_SKIPPED_NOISY,
+                                 STATUS_SKIPPED_OOM, STATUS_SKIPPED_UNSUPPORTED, WHOLE_DECODER_OPS, op_bytes,
                                  op_flops)
 from pis.profiles.store import (KEY_COLUMNS, Profile, empty_rows, keys_of, normalize_rows, read_profile,
                                row_key, suspicious_rows, write_profile)
@@ -218,6 +219,8 @@ def _key(p: Point, dtype: str) -> tuple:
 
 #: Metadata key of the passes over whole-decoder points: point key (JSON) -> timing per pass.
 PASSES_META = "decoder_passes"
+#: Metadata key of the anchor checks and what they say of the machine (:mod:`pis.calibrate.anchors`).
+NOISE_META = "machine_noise"
 _PASS_FIELDS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats", "status", "backend")
 
 
@@ -320,6 +323,8 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
     if device.type == "cpu":
         _note_load(meta, echo)
     ckpt = _Checkpoint(out, grid, meta, rows)
+    anchors = Anchors.resume(anchor_points(grid.points, dtype), lambda q: measure_point(q, dtype, device, timer),
+                             existing.meta.get(NOISE_META) if existing else None)
     budget_s = opts.time_budget_min * 60.0 if opts.time_budget_min else None
     start = ckpt.start
     counts: dict[str, int] = {}
@@ -333,8 +338,11 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
             if budget_s is not None and time.monotonic() - start >= budget_s:
                 status = "time_budget"
                 break
+            if anchors.due() and anchors.check() is not None:
+                meta[NOISE_META] = anchors.summary()
             bar.set_postfix_str(p.op if not k else f"{p.op} (pass {k + 1})", refresh=False)
             row = measure_point(p, dtype, device, timer, warn=bar.write)
+            anchors.mark(_key(p, dtype))
             measured += 1
             if passes > 1 and p.op in WHOLE_DECODER_OPS:
                 mine = recorded.setdefault(_pass_key(_key(p, dtype)), [])
@@ -349,6 +357,13 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
                 ckpt.save(complete=False)
         if status == "complete":
             _recheck(ckpt, dtype, device, timer, echo)
+            anchors.check()
+            again = _remeasure_disturbed(ckpt, anchors, dtype, device, timer, echo)
+            noisy = _settle_passes(ckpt, recorded, dtype, device, timer, echo) if passes > 1 else 0
+            meta[NOISE_META] = anchors.summary(again, noisy)
+            warning = too_noisy(meta[NOISE_META])
+            if warning:
+                echo(warning)
     except KeyboardInterrupt:
         bar.close()
         _save_partial(ckpt, out, echo, "interrupted")
@@ -364,6 +379,78 @@ def calibrate(opts: RunOptions, echo: Callable[[str], None] = lambda s: print(s,
     return RunResult(status, measured, done_n, total, out, counts)
 
 
+def _point_of(row: dict[str, Any]) -> Point:
+    return Point(row["op"], tuple((c, int(row[c])) for c in OPS[row["op"]].columns))
+
+
+def _remeasure_disturbed(ckpt: _Checkpoint, anchors: Anchors, dtype: str, device: torch.device, timer: Timer,
+                         echo: Callable[[str], None]) -> int:
+    """Measure again this run's rows taken next to a disturbed anchor check (at most a third of
+    them: a run disturbed throughout says so in its summary instead); a new measurement replaces
+    the first when the anchors read the machine back at its reference. Returns how many did."""
+    keys = set(anchors.disturbed())
+    todo = [i for i, r in enumerate(ckpt.new) if row_key(r) in keys and r["op"] not in WHOLE_DECODER_OPS]
+    todo = todo[: max(1, len(ckpt.new) // 3)]
+    if not todo:
+        return 0
+    echo(f"re-measuring {len(todo)} point(s) timed while the machine ran off its usual speed")
+    replaced = 0
+    for i in todo:
+        if anchors.due():
+            anchors.check()
+        row = measure_point(_point_of(ckpt.new[i]), dtype, device, timer)
+        anchors.check()
+        if row["status"] == STATUS_OK and anchors.calm():
+            ckpt.new[i] = row
+            replaced += 1
+    echo(f"{replaced} of {len(todo)} re-measured at the machine's usual speed replace their first measurement")
+    return replaced
+
+
+#: Whole-decoder passes further apart than this (max / min − 1) are measured once more.
+PASS_SPREAD = 0.15
+
+
+def _settle_passes(ckpt: _Checkpoint, recorded: dict[str, list[dict[str, Any]]], dtype: str,
+                   device: torch.device, timer: Timer, echo: Callable[[str], None]) -> int:
+    """Whole-decoder rows of this run whose passes disagree by more than :data:`PASS_SPREAD` get
+    one more pass; a row keeps the median pass when two of its passes agree within the bound,
+    else it is left out of every fit (status ``skipped_noisy``). Returns how many were."""
+    noisy = 0
+    for i, row in enumerate(ckpt.new):
+        if row["op"] not in WHOLE_DECODER_OPS or row.get("status") != STATUS_OK:
+            continue
+        mine = recorded.get(_pass_key(row_key(row)), [])
+        if len(_times(mine)) < 2 or _spread(mine) <= PASS_SPREAD:
+            continue
+        extra = measure_point(_point_of(row), dtype, device, timer)
+        mine.append({f: _plain(extra.get(f)) for f in _PASS_FIELDS})
+        if _agreeing(mine) > PASS_SPREAD:
+            ckpt.new[i] = {**row, "status": STATUS_SKIPPED_NOISY}
+            noisy += 1
+        else:
+            ckpt.new[i] = median_pass(row, mine)
+    if noisy:
+        echo(f"{noisy} whole-decoder point(s) whose passes disagree by more than {100 * PASS_SPREAD:.0f} % "
+             f"are left out of the in-model fits (status {STATUS_SKIPPED_NOISY})")
+    return noisy
+
+
+def _times(passes: list[dict[str, Any]]) -> list[float]:
+    return sorted(float(t["median_us"]) for t in passes if t.get("status") == STATUS_OK and t.get("median_us"))
+
+
+def _spread(passes: list[dict[str, Any]]) -> float:
+    t = _times(passes)
+    return t[-1] / t[0] - 1.0 if len(t) > 1 else 0.0
+
+
+def _agreeing(passes: list[dict[str, Any]]) -> float:
+    """The smallest gap (ratio − 1) between two of the passes (-1 with fewer than two)."""
+    t = _times(passes)
+    return min(b / a - 1.0 for a, b in zip(t, t[1:])) if len(t) > 1 else -1.0
+
+
 def _recheck(ckpt: _Checkpoint, dtype: str, device: torch.device, timer: Timer,
              echo: Callable[[str], None]) -> None:
     """Measure this run's suspicious rows once more, at the end; keep the faster median."""
@@ -375,8 +462,7 @@ def _recheck(ckpt: _Checkpoint, dtype: str, device: torch.device, timer: Timer,
     fixed = 0
     for i in bad:
         old = ckpt.new[i]
-        p = Point(old["op"], tuple((c, int(old[c])) for c in OPS[old["op"]].columns))
-        row = measure_point(p, dtype, device, timer)
+        row = measure_point(_point_of(old), dtype, device, timer)
         if row["status"] == STATUS_OK and row["median_us"] < old["median_us"]:
             ckpt.new[i] = row
             fixed += 1

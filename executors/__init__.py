@@ -29,6 +29,9 @@ def build_model(spec: ModelSpec, method: str, sparsity: float, device: torch.dev
     if method not in SUPPORTED:
         raise PisError(f"pis-validate cannot build {method!r}; it builds {', '.join(SUPPORTED)}")
     if method in ROUTED_FAMILIES or (method == "dense" and reference_dense):
+        if opts.weights != "native":
+            raise PisError(f"quantized weights run on the Hugging Face families ({', '.join(HF_FAMILIES)}), "
+                           f"not on {method}'s reference decoder")
         return build_reference(spec, method, sparsity, device, dtype, opts)
     return build_hf(spec, method, sparsity, device, dtype, opts)
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from pis.errors import PisError, Unsupported
 from pis.executors.base import PROJECTIONS, ModelUnderTest, Step, mask_2to4, token_ids
+from pis.executors.quantized import QuantLinear, quantize_linears
 from pis.models import ModelSpec
 from pis.pruned import (VARIANT_NAMES, PruneOptions, layers_kept, layers_removed, lowrank_rank, pruned_ffn,
                         pruned_heads, pruned_hidden, study_ffn, study_hidden, study_kv_heads, study_rank,
@@ -255,4 +256,10 @@ def build_hf(spec: ModelSpec, method: str, s: float, device: torch.device, dtype
                                               requires_grad=False)
         except (RuntimeError, ValueError, NotImplementedError) as err:
             raise Unsupported(f"to_sparse_semi_structured: {str(err).splitlines()[0][:120]}") from err
+    if opts.weights != "native":
+        # Every dense linear of the layers (low-rank factors and shortcut maps too); the LM head
+        # only when asked: the op graph of pis.simulator.pruning.quantize_weights.
+        quantize_linears(layers, opts.weights, opts.group_size)
+        if opts.quantize_head:
+            model.lm_head = QuantLinear(model.lm_head, opts.weights, opts.group_size)
     return HfModel(model, cfg, device)

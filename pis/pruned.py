@@ -16,6 +16,21 @@ from pis.errors import PisError
 from pis.models import ModelSpec
 
 KV_CACHES = ("concat", "preallocated")
+#: Weight formats: "native" (the profile's activation dtype), or quantized.
+WEIGHT_FORMATS: tuple[str, ...] = ("native", "fp8", "int8", "int4")
+#: Names of the native weight format (unquantized weights in the activation dtype).
+NATIVE_NAMES: tuple[str, ...] = ("native", "bf16", "fp16", "fp32")
+
+
+def weight_format(name: str) -> str:
+    """The canonical weight format of ``name`` (bf16, fp16 and fp32 name the native one)."""
+    name = str(name).strip().lower()
+    if name in NATIVE_NAMES:
+        return "native"
+    if name not in WEIGHT_FORMATS:
+        raise PisError(f"--weights: {name!r} is not a weight format; use native (or bf16/fp16/fp32), "
+                       "fp8, int8 or int4")
+    return name
 #: How a step runs: ``eager`` (PyTorch issues every op from Python: Hugging Face's ``generate``)
 #: or ``graph`` (the whole step replays as one CUDA graph, fused RMSNorm and RoPE, the KV cache
 #: written in place: the study's PruningInferSim, and serving engines).
@@ -71,6 +86,12 @@ class PruneOptions:
     #: per family, the op graph that replaces ``op_graph`` for it: ``(family, variant)`` pairs,
     #: the variant "study", "pis" or one of the family's :data:`VARIANT_NAMES`
     variants: tuple[tuple[str, str], ...] = ()
+    #: the decoder's weight format: "native" (the activation dtype's), "fp8", "int8" or "int4"
+    weights: str = "native"
+    #: int4 weights: elements per scale and zero along K
+    group_size: int = 128
+    #: the LM head's weights in the quantized format too (by default it keeps the activation dtype)
+    quantize_head: bool = False
 
     def __post_init__(self) -> None:
         if self.granularity not in ("layer", "sublayer"):
@@ -90,7 +111,9 @@ class PruneOptions:
             if name not in (*OP_GRAPHS, *VARIANT_NAMES[family]):
                 raise PisError(f"--variant: {family} runs {' or '.join(VARIANT_NAMES[family])} "
                                f"(or: study, pis), not {name!r}")
-        for f in ("align", "router_rank", "block", "ffn_groups"):
+        if self.weights not in WEIGHT_FORMATS:
+            raise PisError(f"--weights: {self.weights!r} is not a weight format; use {', '.join(WEIGHT_FORMATS)}")
+        for f in ("align", "router_rank", "block", "ffn_groups", "group_size"):
             if int(getattr(self, f)) < 1:
                 raise PisError(f"{f} must be a positive integer")
 

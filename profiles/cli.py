@@ -60,8 +60,8 @@ def info(file: str, fmt: str) -> None:
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
-    click.echo(tabulate([[k, _pass_spread(profile.meta[k]) if k == "decoder_passes" else _short(profile.meta[k])]
-                         for k in ordered], tablefmt="plain"))
+    shown = {"decoder_passes": _pass_spread, "machine_noise": noise_line}
+    click.echo(tabulate([[k, shown.get(k, _short)(profile.meta[k])] for k in ordered], tablefmt="plain"))
     if peaks:
         click.echo(f"simulator peaks: {peaks['peak_flops'] / 1e12:.3g} TFLOP/s ({peaks['peak_flops_source']}), "
                    f"{peaks['peak_bandwidth'] / 1e9:.3g} GB/s ({peaks['peak_bandwidth_source']})")
@@ -178,6 +178,22 @@ def _pass_spread(passes: dict[str, list[dict[str, Any]]]) -> str:
     return line
 
 
+def noise_line(noise: dict[str, Any]) -> str:
+    """One line on how the machine behaved during calibration (the anchors' checks)."""
+    if not isinstance(noise, dict) or not noise.get("checks"):
+        return "not measured"
+    parts = [f"{len(noise['checks'])} anchor checks"]
+    if noise.get("noise_pct") is not None:
+        parts.append(f"noise {noise['noise_pct']:.1f} % check to check")
+    if noise.get("drift_pct") is not None:
+        parts.append(f"drift {noise['drift_pct']:.1f} % over the run")
+    parts.append(f"{noise.get('disturbed_checks', 0)} disturbed")
+    parts.append(f"{noise.get('remeasured_rows', 0)} points re-measured")
+    if noise.get("noisy_decoder_rows"):
+        parts.append(f"{noise['noisy_decoder_rows']} whole-decoder rows left out")
+    return "; ".join(parts)
+
+
 def _short(v: Any, width: int = 100) -> str:
     s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -292,7 +308,7 @@ def _describe(path: str, p: Profile) -> dict[str, Any]:
 @main.command()
 @click.argument("a")
 @click.argument("b")
-@click.option("-o", "--output", "output", required=True, help="Merged profile to write.")
+@click.option("-o", "--out", "--output", "output", required=True, help="Merged profile to write.")
 @click.option("--force", is_flag=True,
               help="Merge different devices/dtypes, and overwrite OUTPUT if it exists.")
 @click.option("--prefer", type=click.Choice(["a", "b"]), default=None,
@@ -383,8 +399,8 @@ def _source_meta(name: str, p: Profile) -> dict[str, Any]:
 @main.command()
 @click.argument("file")
 @click.option("--op", default="gemm", show_default=True, type=click.Choice(_INTERPOLATED_OPS))
-@click.option("--quantize/--no-quantize", default=None,
-              help="GEMM tile quantization of unmeasured N/K (default: on for CUDA profiles only).")
+@click.option("--tile-align/--no-tile-align", default=None,
+              help="Round unmeasured GEMM N/K up to the tile alignment (default: on for CUDA profiles only).")
 @click.option("--by", default=None,
               help="Hold out every value of this shape column at once (e.g. n) instead of one point; "
                    "comma-separated columns hold out each combination (e.g. heads,kv_heads,head_dim).")
@@ -392,7 +408,7 @@ def _source_meta(name: str, p: Profile) -> dict[str, Any]:
               help="Also list the N points with the largest error.")
 @click.option("--format", "fmt", type=_FORMATS_TJ, default="table", show_default=True)
 @handle_errors
-def loo(file: str, op: str, quantize: bool | None, by: str | None, worst: int, fmt: str) -> None:
+def loo(file: str, op: str, tile_align: bool | None, by: str | None, worst: int, fmt: str) -> None:
     """Leave-one-out error of the estimator on FILE's measured points of one op.
 
     Each point is predicted from all the others; reports median, p90 and max |error| in %.
@@ -400,19 +416,19 @@ def loo(file: str, op: str, quantize: bool | None, by: str | None, worst: int, f
     from pis.simulator.estimator import Estimator, loo_summary
 
     profile = load_profile(resolve_profile(file))
-    est = Estimator(profile, quantize="auto" if quantize is None else quantize)
+    est = Estimator(profile, tile_align="auto" if tile_align is None else tile_align)
     df = est.loo_errors(op, by=by)
     summary = loo_summary(df)
     df["abs_pct"] = df["rel_error"].abs() * 100.0
     top = df.sort_values("abs_pct", ascending=False).head(worst)
     if fmt == "json":
-        click.echo(_dumps({"file": file, "op": op, "by": by, "quantize": est.quantize,
+        click.echo(_dumps({"file": file, "op": op, "by": by, "tile_align": est.tile_align,
                            "summary": summary, "worst": top.to_dict("records")}))
         return
     if not summary["n"]:
         raise PisError(f"{file}: no {op} points could be cross-validated")
-    click.echo(f"leave-one-{by or 'point'}-out {op} on {file} ({est.name}; quantize "
-               f"{'on' if est.quantize else 'off'}): n={summary['n']}  "
+    click.echo(f"leave-one-{by or 'point'}-out {op} on {file} ({est.name}; tile alignment "
+               f"{'on' if est.tile_align else 'off'}): n={summary['n']}  "
                f"median |err| {summary['median_abs_pct']:.2f}%  p90 {summary['p90_abs_pct']:.2f}%  "
                f"max {summary['max_abs_pct']:.1f}%")
     for name in ("interp", "roofline"):

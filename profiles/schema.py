@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Every shape column a profile may carry; columns an op does not use are null.
 SHAPE_COLUMNS: tuple[str, ...] = (
@@ -24,11 +24,14 @@ SHAPE_COLUMNS: tuple[str, ...] = (
     "numel",
     "hidden", "ffn", "layers",
     "sparsity_pct",
+    "group_size",
 )
 #: Shape columns added after schema v1; v1 files lack them and read as null.
 SHAPE_COLUMNS_SINCE_V2: tuple[str, ...] = ("hidden", "ffn", "layers")
 #: Shape columns added in schema v3 (the routed decoders' sparsity); older files read as null.
 SHAPE_COLUMNS_SINCE_V3: tuple[str, ...] = ("sparsity_pct",)
+#: Shape columns added in schema v6 (the group size of 4-bit weights); older files read as null.
+SHAPE_COLUMNS_SINCE_V6: tuple[str, ...] = ("group_size",)
 TIMING_COLUMNS: tuple[str, ...] = ("median_us", "p10_us", "p90_us", "repeats")
 #: Columns in the order they are written.
 COLUMNS: tuple[str, ...] = (
@@ -39,7 +42,9 @@ COLUMNS: tuple[str, ...] = (
 STATUS_OK = "ok"
 STATUS_SKIPPED_OOM = "skipped_oom"
 STATUS_SKIPPED_UNSUPPORTED = "skipped_unsupported"
-STATUSES = (STATUS_OK, STATUS_SKIPPED_OOM, STATUS_SKIPPED_UNSUPPORTED)
+#: a whole-decoder row whose passes kept disagreeing (schema v6): left out of every fit
+STATUS_SKIPPED_NOISY = "skipped_noisy"
+STATUSES = (STATUS_OK, STATUS_SKIPPED_OOM, STATUS_SKIPPED_UNSUPPORTED, STATUS_SKIPPED_NOISY)
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -70,6 +75,22 @@ def _gemm24_bytes(s: Shape, e: int) -> np.ndarray:
     m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
     # Half the weight values plus 2-bit indices per kept value (1/8 byte per dense element).
     return e * (m * k + m * n) + n * k * (e / 2.0 + 1.0 / 8.0)
+
+
+def _gemm_w8_bytes(s: Shape, e: int) -> np.ndarray:
+    m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
+    return e * (m * k + m * n) + n * k + 4.0 * n  # int8 weights, an fp32 scale per channel
+
+
+def _gemm_w4_bytes(s: Shape, e: int) -> np.ndarray:
+    m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
+    groups = np.ceil(k / np.maximum(_f(s["group_size"]), 1.0))
+    return e * (m * k + m * n) + n * k / 2.0 + 4.0 * n * groups  # nibbles, a scale and zero per group
+
+
+def _gemm_fp8_bytes(s: Shape, e: int) -> np.ndarray:
+    m, n, k = _f(s["m"]), _f(s["n"]), _f(s["k"])
+    return e * m * k + m * k + n * k + e * m * n + 4.0 * (m + n)  # x read and cast, fp8 operands, scales
 
 
 def _attended_pairs(s: Shape) -> np.ndarray:
@@ -160,6 +181,8 @@ class OpKind:
     bytes: Callable[[Shape, int], np.ndarray]
     #: True when the op needs a CUDA sm80+ device (skipped elsewhere, not an error)
     cuda_only: bool = False
+    #: the op's peak FLOP rate over the profile's (fp8 tensor cores run twice bf16's)
+    peak_scale: float = 1.0
 
 
 def _mem(factor: float) -> Callable[[Shape, int], np.ndarray]:
@@ -241,6 +264,15 @@ OPS: dict[str, OpKind] = {
         OpKind("gemm_2to4_graph", ("m", "n", "k"), "gemm_2to4 as cuSPARSELt runs it inside a CUDA "
                "graph (its algorithm searched once): kernel time, no host work",
                _gemm24_flops, _gemm24_bytes, cuda_only=True),
+        # Schema v6: GEMMs with quantized weights (the weight formats of --weights).
+        OpKind("gemm_w8", ("m", "n", "k"), "x (the activation dtype) times int8 weights with one scale per "
+               "output channel, weight-only (torch._weight_int8pack_mm)", _gemm_flops, _gemm_w8_bytes),
+        OpKind("gemm_w4", ("m", "n", "k", "group_size"), "x times 4-bit weights with a scale and zero per "
+               "group of group_size along K, weight-only (torch._weight_int4pack_mm and its CPU twin: the "
+               "kernels gpt-fast and torchao run)", _gemm_flops, _gemm_w4_bytes),
+        OpKind("gemm_fp8", ("m", "n", "k"), "fp8 (e4m3) activations scaled per token on the fly times fp8 "
+               "weights scaled per channel (torch._scaled_mm), cast included", _gemm_flops, _gemm_fp8_bytes,
+               cuda_only=True, peak_scale=2.0),
         OpKind("dense_decoder_graph", _DECODER_COLUMNS,
                "the dense decoder (no LM head) captured in one CUDA graph and replayed, as the "
                "study's framework runs it: Hugging Face with a static cache written in place, Liger's "
@@ -300,8 +332,11 @@ META_REQUIRED: tuple[str, ...] = (
 META_OPTIONAL: tuple[str, ...] = (
     "compute_capability", "sm_count", "memory_bytes", "peak_flops", "peak_bandwidth",
     "peak_source", "torch_version", "cuda_version", "driver_version", "cpu_threads",
-    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes", "decoder_passes",
+    "cpu_model", "grid_params", "complete", "model_shapes", "duration_s", "notes", "decoder_passes", "machine_noise",
 )
 #: Metadata keys renamed since they were first written: old name -> current name. Readers
 #: migrate them (:func:`pis.profiles.store.read_profile`).
 META_RENAMED: dict[str, str] = {"context_passes": "decoder_passes"}
+
+#: The GEMM op of each quantized weight format (a dense GEMM with native weights is ``gemm``).
+QUANTIZED_GEMM: dict[str, str] = {"fp8": "gemm_fp8", "int8": "gemm_w8", "int4": "gemm_w4"}

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pis.errors import ProfileError
 from pis.profiles.schema import (
     COLUMNS, META_PREFIX, META_RENAMED, META_REQUIRED, OPS, SCHEMA_VERSION, SHAPE_COLUMNS, STATUS_OK,
-    SHAPE_COLUMNS_SINCE_V2, SHAPE_COLUMNS_SINCE_V3, STATUSES, TIMING_COLUMNS,
+    SHAPE_COLUMNS_SINCE_V2, SHAPE_COLUMNS_SINCE_V3, SHAPE_COLUMNS_SINCE_V6, STATUSES, TIMING_COLUMNS,
 )
 
 #: Columns that identify a measured point: two rows with equal keys are duplicates.
@@ -251,7 +251,8 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         raise ProfileError(f"{path} uses profile schema v{version}, newer than this tool reads "
                            f"(v{SCHEMA_VERSION}); upgrade pruninginfersim")
     # Older files predate later shape columns; they read as null (no older op uses them).
-    optional = (SHAPE_COLUMNS_SINCE_V2 if version < 2 else ()) + (SHAPE_COLUMNS_SINCE_V3 if version < 3 else ())
+    optional = ((SHAPE_COLUMNS_SINCE_V2 if version < 2 else ()) + (SHAPE_COLUMNS_SINCE_V3 if version < 3 else ())
+                + (SHAPE_COLUMNS_SINCE_V6 if version < 6 else ()))
     missing = [c for c in COLUMNS if c not in table.column_names and c not in optional]
     if missing:
         raise ProfileError(f"{path} lacks profile columns: {', '.join(missing)}")

@@ -25,7 +25,8 @@ def human_table(cols: Columns, breakdown: bool) -> str:
 
     prefill = cols["phase"] == "prefill"
     view = pd.DataFrame({
-        "model": cols["model"], "method": cols["method"], "s": cols["sparsity"], "phase": cols["phase"],
+        "model": cols["model"], "method": cols["method"], "weights": cols["weights"], "s": cols["sparsity"],
+        "phase": cols["phase"],
         "B": cols["batch"], "S": np.where(prefill, cols["seq_len"].astype(str), "-"),
         "ctx": np.where(~prefill, cols["context_len"].astype(str), "-"),
         "latency_ms": cols["latency_ms"], "speedup": cols["speedup"],
@@ -91,9 +92,9 @@ def _methods_help() -> str:
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
          align: int, layer_sparsity: str | None, execution: str | None, op_graph: str | None,
-         variant: tuple[str, ...], kv_cache: str | None, op_sum: bool, allow_roofline: bool,
-         jobs: int, method: str, sparsity: str, phase: str, fmt: str, out: str | None, force: bool,
-         breakdown: bool) -> None:
+         variant: tuple[str, ...], weights: str, group_size: int, quantize_head: bool, kv_cache: str | None,
+         op_sum: bool, allow_roofline: bool, jobs: int, method: str, sparsity: str, phase: str, fmt: str,
+         out: str | None, force: bool, breakdown: bool) -> None:
     """Predict how fast a pruned LLM runs, from a measured latency profile.
 
     Every comma list makes a Cartesian sweep. Each prediction sums per-op latencies answered
@@ -106,16 +107,20 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     (eager), ops running slower in the model than alone (a factor), Hugging Face's framework
     cost per step and per dispatch, and the page faults of KV tensors allocated afresh.
     `bound` is the theoretical speedup (dense speed-of-light time / pruned speed-of-light
-    time) and `flops_x` the FLOPs ratio.
+    time) and `flops_x` the FLOPs ratio. With --weights, each format is a sweep of its own and
+    every speedup is against the unpruned model with native weights.
 
     Example: pis-simulate --method static-depth,static-width --sparsity 0,0.25,0.5 --batch 1,8
+
+    Example: pis-simulate --method dense,static-depth --sparsity 0.25 --weights bf16,int4 --phase decode
     """
     check_output(fmt, out, force)
     t0 = time.perf_counter()
     cols, sim = sweep_from_options(profile, model, method, sparsity, phase, batch, seq_len, context,
                                    granularity, align, layer_sparsity, allow_roofline, jobs, breakdown,
                                    kv_cache, in_model=not op_sum, execution=execution, op_graph=op_graph,
-                                   variant=variant)
+                                   variant=variant, weights=weights, group_size=group_size,
+                                   quantize_head=quantize_head)
     n = len(cols["model"])
     if fmt == "table":
         click.echo(f"profile: {sim.path}  ({n} design points in {time.perf_counter() - t0:.2f} s)", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,11 +13,12 @@ import numpy as np
 
 from pis.errors import PisError
 from pis.models import PRESETS, ModelSpec, load_model
-from pis.pruned import EXECUTIONS, OP_GRAPHS, VARIANT_NAMES, PruneOptions
+from pis.profiles.schema import QUANTIZED_GEMM
+from pis.pruned import EXECUTIONS, OP_GRAPHS, VARIANT_NAMES, PruneOptions, weight_format
 from pis.simulator.api import Simulator
 from pis.simulator.points import PHASES
 from pis.simulator.pruning import FAMILIES, check_methods
-from pis.simulator.sweep import Columns
+from pis.simulator.sweep import Columns, concat_columns
 
 
 def split_list(text: str, what: str, convert: Callable[[str], Any]) -> list[Any]:
@@ -114,6 +115,16 @@ def sweep_options(func: Callable) -> Callable:
                      help="One family's op graph, overriding --op-graph: "
                           + "; ".join(f"{f}={a}|{b}" for f, (a, b) in VARIANT_NAMES.items())
                           + " (or =study / =pis). Repeatable, or comma-separated."),
+        click.option("--weights", default="native", show_default=True, metavar="LIST",
+                     help="Comma list of weight formats, each a sweep of its own: native (the profile's "
+                          "dtype; bf16, fp16 and fp32 name it too), fp8, int8 or int4 (weight-only int8 "
+                          "and int4, per-token fp8 activations with fp8). Every family's decoder GEMMs "
+                          "take the format; the LM head, routers, attention and 2:4 GEMMs keep the "
+                          "activation dtype. Speedups are against the unpruned model with native weights. "
+                          "Formats the profile never timed are priced by roofline and flagged."),
+        click.option("--group-size", type=click.IntRange(1, 65536), default=128, show_default=True,
+                     help="int4: weights per scale and zero along K."),
+        click.option("--quantize-head", is_flag=True, help="Quantize the LM head's weights too."),
         click.option("--kv-cache", type=click.Choice(["concat", "preallocated"]), default=None,
                      help="Decode KV cache: concat copies each layer's cache per step (Hugging Face "
                           "DynamicCache, eager only); preallocated writes in place (static/paged "
@@ -142,6 +153,30 @@ class Grid:
     seq_lens: list[int]
     contexts: list[int]
     options: PruneOptions
+    #: the weight formats, each a sweep of its own (``options.weights`` is the first)
+    weights: tuple[str, ...] = ("native",)
+
+    def each_format(self) -> list[PruneOptions]:
+        """The pruning options once per weight format."""
+        return [replace(self.options, weights=w) for w in self.weights]
+
+
+def parse_weights(text: str, profile_dtype: str | None = None) -> tuple[str, ...]:
+    """``--weights`` as canonical formats (:data:`pis.pruned.WEIGHT_FORMATS`), duplicates dropped.
+
+    bf16, fp16 and fp32 name the native format (unquantized weights in the activation dtype);
+    naming one that is not the profile's dtype prints a note, since the profile prices its own.
+    """
+    out: list[str] = []
+    for given in split_list(text, "--weights", str):
+        name = weight_format(given)
+        given = given.lower()
+        if name == "native" and given != "native" and profile_dtype is not None and given != profile_dtype:
+            click.echo(f"note: --weights {given}: the profile was calibrated in {profile_dtype}, so "
+                       f"unquantized weights are priced as {profile_dtype}", err=True)
+        if name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def parse_variants(items: "tuple[str, ...] | list[str]") -> tuple[tuple[str, str], ...]:
@@ -157,14 +192,18 @@ def parse_variants(items: "tuple[str, ...] | list[str]") -> tuple[tuple[str, str
 
 def parse_grid(model: str, batch: str, seq_len: str, context: str, granularity: str, align: int,
                layer_sparsity: str | None, kv_cache: str | None, execution: str | None = None,
-               op_graph: str | None = None, variant: "tuple[str, ...]" = ()) -> Grid:
-    """The models, sizes and pruning options of the sweep options (one clear error per bad value)."""
+               op_graph: str | None = None, variant: "tuple[str, ...]" = (), weights: "tuple[str, ...]" = ("native",),
+               group_size: int = 128, quantize_head: bool = False) -> Grid:
+    """The models, sizes and pruning options of the sweep options (one clear error per bad value);
+    ``weights`` as :func:`parse_weights` returns them."""
     return Grid([load_model(m) for m in split_list(model, "--model", str)],
                 split_list(batch, "--batch", positive_int), split_list(seq_len, "--seq-len", positive_int),
                 split_list(context, "--context", positive_int),
                 PruneOptions(granularity=granularity, align=align,
                              layer_sparsity=parse_layer_sparsity(layer_sparsity), kv_cache=kv_cache,
-                             execution=execution, op_graph=op_graph, variants=parse_variants(variant)))
+                             execution=execution, op_graph=op_graph, variants=parse_variants(variant),
+                             weights=weights[0], group_size=group_size, quantize_head=quantize_head),
+                tuple(weights))
 
 
 def sweep_from_options(profile: str | None, model: str, method: str, sparsity: str, phase: str,
@@ -172,25 +211,35 @@ def sweep_from_options(profile: str | None, model: str, method: str, sparsity: s
                        layer_sparsity: str | None, allow_roofline: bool, jobs: int,
                        breakdown: bool, kv_cache: str | None = None, in_model: bool = True,
                        execution: str | None = None, op_graph: str | None = None,
-                       variant: "tuple[str, ...]" = ()) -> tuple[Columns, Simulator]:
-    """Parse the CLI's lists, validate everything, then run the sweep."""
+                       variant: "tuple[str, ...]" = (), weights: str = "native", group_size: int = 128,
+                       quantize_head: bool = False) -> tuple[Columns, Simulator]:
+    """Parse the CLI's lists, validate everything, then run the sweep (once per weight format)."""
     methods = parse_methods(method)
     phases = split_list(phase, "--phase", str)
     bad = [p for p in phases if p not in PHASES]
     if bad:
         raise PisError(f"--phase: unknown phase {bad[0]!r}; use prefill and/or decode")
     sparsities = split_list(sparsity, "--sparsity", sparsity_value)
+    sim = Simulator(profile, allow_roofline=allow_roofline)
     grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache, execution,
-                      op_graph, variant)
+                      op_graph, variant, parse_weights(weights, sim.estimator.dtype), group_size, quantize_head)
     if grid.options.layer_sparsity is not None:
         sparsities = [float(np.mean(grid.options.layer_sparsity))]
-    sim = Simulator(profile, allow_roofline=allow_roofline)
     sim.resolve(grid.options)  # a regime the profile cannot run is an error before any work
     if method.strip() == "all":
         methods = skip_unanswerable(methods, sim)
-    cols = sim.columns(grid.models, methods, sparsities, phases, grid.batches, grid.seq_lens, grid.contexts,
-                       grid.options, breakdown, in_model, jobs)
+    note_untimed_formats(grid.weights, sim)
+    cols = concat_columns([sim.columns(grid.models, methods, sparsities, phases, grid.batches, grid.seq_lens,
+                                       grid.contexts, opts, breakdown, in_model, jobs) for opts in grid.each_format()])
     return cols, sim
+
+
+def note_untimed_formats(weights: "tuple[str, ...]", sim: Simulator) -> None:
+    """One note per quantized weight format the profile never timed (priced by roofline, flagged)."""
+    for w in weights:
+        if w != "native" and QUANTIZED_GEMM[w] not in sim.estimator.ops():
+            click.echo(f"note: --weights {w}: the profile has no {QUANTIZED_GEMM[w]} rows; its GEMMs are priced "
+                       "by roofline at the native GEMM's utilization (path roof, flag EXTRAP)", err=True)
 
 
 def skip_unanswerable(methods: list[str], sim: Simulator) -> list[str]:

@@ -21,8 +21,8 @@ Speed of light: ``SOL(op, shape) = max(flops / peak_flops, bytes / peak_bandwidt
 FLOP and byte counts of :mod:`pis.profiles.schema`, and the peaks from the profile's metadata
 when present, else derived from the profile itself (``peak_source`` says which).
 
-GEMM tile quantization (``quantize``): GPUs run GEMMs in tiles, so a 4032-wide GEMM costs about
-what a 4096-wide one does. With quantization on, a GEMM whose N (or K) was never measured is
+GEMM tile alignment (``tile_align``): GPUs run GEMMs in tiles, so a 4032-wide GEMM costs about
+what a 4096-wide one does. With tile alignment on, a GEMM whose N (or K) was never measured is
 priced at N rounded up to the alignment the measured widths share (largest power of two up to
 128 dividing every measured width >= 128). ``"auto"`` turns it on for CUDA profiles only: CPU
 BLAS kernels have no comparable tile granularity (compare with ``pis-profile loo --by n``).
@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from pis.errors import MissingOpError, PisError, ProfileError
-from pis.profiles.schema import MEMORY_OPS, OPS, STATUS_OK, WHOLE_DECODER_OPS, OpKind, op_bytes, op_flops
+from pis.profiles.schema import (MEMORY_OPS, OPS, QUANTIZED_GEMM, STATUS_OK, WHOLE_DECODER_OPS, OpKind, op_bytes,
+                                 op_flops)
 from pis.profiles.store import Profile
-from pis.simulator.opmodel import (EXACT, INTERP, QUANTIZED_OPS, ROOFLINE, SOURCE_NAMES, OpModel, OpRows,
+from pis.simulator.opmodel import (EXACT, INTERP, ROOFLINE, SOURCE_NAMES, TILED_OPS, OpModel, OpRows,
                                    meshes_from_arrays, meshes_to_arrays, outside_without_self)
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Estimator:
     Args:
         profile: a loaded profile (see :func:`pis.profiles.store.load_profile`).
         allow_roofline: price ops the profile lacks by roofline instead of raising.
-        quantize: ``"auto"`` (on for CUDA profiles), ``"align"``/``True`` or ``"none"``/``False``.
+        tile_align: ``"auto"`` (on for CUDA profiles), ``"align"``/``True`` or ``"none"``/``False``.
         launch_floor: apply ``max(kernel, overhead)``; ``None`` means on for CUDA profiles.
         name: how error messages name the profile (default: its device name and dtype).
         split_gqa: interpolate grouped-query attention apart from the rest (:data:`GROUPED`);
@@ -82,7 +83,7 @@ class Estimator:
     """
 
     def __init__(self, profile: Profile, *, allow_roofline: bool = False,
-                 quantize: str | bool = "auto", launch_floor: bool | None = None,
+                 tile_align: str | bool = "auto", launch_floor: bool | None = None,
                  name: str | None = None, split_gqa: bool | None = None,
                  cache: "DerivedCache | None" = None) -> None:
         self.profile = profile
@@ -94,7 +95,7 @@ class Estimator:
         self.is_cuda = self.device_kind in ("cuda", "gpu")
         self.name = name or f"{meta.get('device_name', '<unnamed device>')} ({self.dtype})"
         self.allow_roofline = allow_roofline
-        self.quantize = _quantize_mode(quantize, self.is_cuda)
+        self.tile_align = _tile_align_mode(tile_align, self.is_cuda)
         self.launch_floor = self.is_cuda if launch_floor is None else bool(launch_floor)
         self.split_gqa = not self.is_cuda if split_gqa is None else bool(split_gqa)
 
@@ -118,10 +119,10 @@ class Estimator:
 
     def speed_of_light_us(self, op: str, shape: Mapping[str, object]) -> np.ndarray:
         """Roofline time of one call: max(FLOPs / peak FLOP/s, bytes / peak bytes/s), in µs."""
-        _kind(op)
+        kind = _kind(op)
         flops = op_flops(op, shape)
         nbytes = op_bytes(op, shape, self.dtype)
-        return np.maximum(flops / self.peak_flops, nbytes / self.peak_bandwidth) * 1e6
+        return np.maximum(flops / (self.peak_flops * kind.peak_scale), nbytes / self.peak_bandwidth) * 1e6
 
     def predict(self, op: str, shape: Mapping[str, object]) -> OpPrediction:
         """Latency of ``op`` for every shape in ``shape`` (column name -> array, broadcast).
@@ -132,6 +133,8 @@ class Estimator:
         (:data:`STAND_INS`) on profiles measured before them; a stand-in that is another kernel
         flags its predictions ``extrapolated``.
         """
+        if op not in self._rows and op in QUANTIZED_OPS_BASE and QUANTIZED_OPS_BASE[op] in self._rows:
+            return self._quantized_roofline(op, shape)
         if op not in self._rows and op in STAND_INS:
             alt = STAND_INS[op]
             if op == "attn_block_sparse":
@@ -151,6 +154,19 @@ class Estimator:
         if self.launch_floor and self.launch_us_per_op is not None:
             time = np.maximum(kernel, self.launch_us_per_op)
         return OpPrediction(time_us=time, source=source, extrapolated=extrap, kernel_us=kernel)
+
+    def _quantized_roofline(self, op: str, shape: Mapping[str, object]) -> OpPrediction:
+        """A GEMM with quantized weights the profile never timed: its speed of light divided by
+        the utilization the profile's native GEMM reaches at the same shape (fewer weight bytes
+        pay off where the GEMM streams its weights, not where it computes); flagged."""
+        base = QUANTIZED_OPS_BASE[op]
+        native = self.predict(base, {c: shape[c] for c in OPS[base].columns})
+        full = {c: np.asarray(shape[c]) for c in OPS[op].columns}
+        scale = self.speed_of_light_us(op, full) / self.speed_of_light_us(base, {c: full[c] for c in OPS[base].columns})
+        kernel = native.kernel_us * scale
+        time = np.maximum(kernel, self.launch_us_per_op) if self.launch_floor and self.launch_us_per_op else kernel
+        return OpPrediction(time_us=time, source=np.full(np.shape(kernel), ROOFLINE, dtype=np.int8),
+                            extrapolated=np.ones(np.shape(kernel), dtype=bool), kernel_us=kernel)
 
     def _block_sparse_stand_in(self, shape: Mapping[str, object]) -> OpPrediction:
         """Tile-skipping block-sparse attention where the profile never timed it: a prompt as the
@@ -182,7 +198,7 @@ class Estimator:
         return self.predict(op, shape).time_us
 
     def alignment(self, op: str = "gemm") -> dict[str, int]:
-        """The width alignment quantization rounds N and K up to (1: quantization has no effect)."""
+        """The width alignment unmeasured N and K round up to (1: alignment has no effect)."""
         return dict(self._model(op).align) if self._model(op) is not None else {}
 
     def loo_errors(self, op: str = "gemm", by: str | None = None) -> "pd.DataFrame":
@@ -191,7 +207,7 @@ class Estimator:
         Each point is predicted from all the others (its exact hit disabled). With ``by`` a
         shape column, every *value* of that column is held out at once instead (e.g.
         ``by="n"``: predict each measured width from the other widths), which is what tests
-        tile quantization; with comma-separated columns, every combination of their values
+        tile alignment; with comma-separated columns, every combination of their values
         (``by="heads,kv_heads,head_dim"``: each attention head pair from the other pairs, as a
         static-width model meets it). Summary: :func:`loo_summary` (also in ``df.attrs["summary"]``).
         """
@@ -220,7 +236,7 @@ class Estimator:
                 pred[part.rows] = sol[part.rows] / np.exp(y)
                 source[part.rows] = np.where(inside, INTERP, ROOFLINE)
                 extrap[part.rows] = ~inside | outside_without_self(part.raw)
-            slow |= model.quantizes_when_held_out(data.keys) if self.quantize else False
+            slow |= model.aligns_when_held_out(data.keys) if self.tile_align else False
             slow &= np.isin(np.arange(len(data.keys)), model.interpolated_rows)
             groups = [np.array([i]) for i in np.flatnonzero(slow)]
         else:
@@ -254,9 +270,9 @@ class Estimator:
             data = self._rows.get(op)
             if data is None or not OPS[op].columns:
                 return None
-            name = f"mesh-{op}-q{int(self.quantize)}-g{int(self.split_gqa)}"
+            name = f"mesh-{op}-t{int(self.tile_align)}-g{int(self.split_gqa)}"
             kept = self.cache.load_arrays(name) if self.cache is not None else None
-            model = OpModel(op, data, self._sol_keys(op, data.keys), self.quantize, split_gqa=self.split_gqa,
+            model = OpModel(op, data, self._sol_keys(op, data.keys), self.tile_align, split_gqa=self.split_gqa,
                             meshes=meshes_from_arrays(kept) if kept is not None else None)
             if self.cache is not None and kept is None:
                 self.cache.save_arrays(name, meshes_to_arrays(model.meshes()))
@@ -265,7 +281,7 @@ class Estimator:
 
     def _new_model(self, op: str, data: OpRows, sol: np.ndarray) -> "OpModel":
         """An op model of ``data`` with this estimator's options (the full rows, or a held-out subset)."""
-        return OpModel(op, data, sol, self.quantize, split_gqa=self.split_gqa)
+        return OpModel(op, data, sol, self.tile_align, split_gqa=self.split_gqa)
 
     def _sol_keys(self, op: str, keys: np.ndarray) -> np.ndarray:
         cols = OPS[op].columns
@@ -299,7 +315,7 @@ class Estimator:
             secs = data.times * 1e-6
             if op == "gemm" or "gemm" not in self._rows:
                 achieved_flops.append(op_flops(op, shape) / secs)
-            if op in MEMORY_OPS or (op in QUANTIZED_OPS and op != "gemm_2to4"):
+            if op in MEMORY_OPS or (op in TILED_OPS and op != "gemm_2to4"):
                 bw = op_bytes(op, shape, self.dtype) / secs
                 achieved_bw.append(bw if op in MEMORY_OPS else bw[data.keys[:, 0] <= SMALL_M])
         peaks = []
@@ -374,6 +390,9 @@ STAND_INS: dict[str, StandIn] = {
 }
 #: Key-block size of the block-sparse attention kernels (the study's 64-key tiles).
 SPARSE_BLOCK = 64
+#: GEMMs with quantized weights, and the native GEMM whose utilization prices them by roofline
+#: on a profile that never timed them (:meth:`Estimator._quantized_roofline`).
+QUANTIZED_OPS_BASE: dict[str, str] = {q: "gemm" for q in QUANTIZED_GEMM.values()}
 
 
 def _kind(op: str) -> OpKind:
@@ -382,13 +401,13 @@ def _kind(op: str) -> OpKind:
     return OPS[op]
 
 
-def _quantize_mode(quantize: str | bool, is_cuda: bool) -> bool:
-    if isinstance(quantize, bool):
-        return quantize
+def _tile_align_mode(tile_align: str | bool, is_cuda: bool) -> bool:
+    if isinstance(tile_align, bool):
+        return tile_align
     modes = {"auto": is_cuda, "align": True, "none": False}
-    if quantize not in modes:
-        raise PisError(f"quantize must be one of {', '.join(modes)}, got {quantize!r}")
-    return modes[quantize]
+    if tile_align not in modes:
+        raise PisError(f"tile_align must be one of {', '.join(modes)}, got {tile_align!r}")
+    return modes[tile_align]
 
 
 def _profile_dtype(profile: Profile) -> str:

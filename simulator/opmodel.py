@@ -1,9 +1,9 @@
-"""The per-op model behind the estimator: exact hits, interpolation partitions, tile quantization.
+"""The per-op model behind the estimator: exact hits, interpolation partitions, tile alignment.
 
 One :class:`OpModel` per op kind of a profile holds its measured rows: an exact-hit index, one
 :class:`~pis.simulator.interp.LogInterpolator` of log-utilization per partition (attention per
 ``head_dim`` and ``causal``, and on a CPU per side of grouped-query attention), and the width
-alignment GEMM tile quantization rounds to.
+alignment GEMM tile alignment rounds to.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ GROUPED: str = "grouped"
 #: How far a partition of the other regime counts when a query's own has no rows (between
 #: causal's 100 and head_dim's log distance: the same regime at another head_dim is preferred).
 GROUPED_WEIGHT = 10.0
-#: Ops whose N and K may be tile-quantized, and the columns that are.
-QUANTIZED_OPS: tuple[str, ...] = ("gemm", "gemm_2to4")
-QUANTIZED_COLUMNS: tuple[str, ...] = ("n", "k")
-#: Largest alignment quantization rounds to (a GPU GEMM tile edge).
+#: Ops whose unmeasured N and K round up to the tile alignment, and the columns that do.
+TILED_OPS: tuple[str, ...] = ("gemm", "gemm_2to4")
+TILED_COLUMNS: tuple[str, ...] = ("n", "k")
+#: Largest alignment tile alignment rounds to (a GPU GEMM tile edge).
 MAX_ALIGN = 128
 #: Neighbours of the k-NN fallback.
 NEIGHBORS = 4
@@ -61,12 +61,12 @@ class _Partition:
 
 
 class OpModel:
-    """Exact-hit index, per-partition interpolators and quantization of one op's rows."""
+    """Exact-hit index, per-partition interpolators and tile alignment of one op's rows."""
 
-    def __init__(self, op: str, data: OpRows, sol: np.ndarray, quantize: bool, split_gqa: bool = False,
+    def __init__(self, op: str, data: OpRows, sol: np.ndarray, tile_align: bool, split_gqa: bool = False,
                  meshes: "dict[tuple, Mesh] | None" = None) -> None:
         cols = OPS[op].columns
-        self.op, self.data, self.quantize = op, data, quantize and op in QUANTIZED_OPS
+        self.op, self.data, self.tile_align = op, data, tile_align and op in TILED_OPS
         self.part_idx = [j for j, c in enumerate(cols) if c in PARTITION_COLUMNS]
         self.feat_idx = [j for j, c in enumerate(cols) if c not in PARTITION_COLUMNS]
         #: (heads, kv_heads) columns where an attention op's rows split into GQA and not (GROUPED)
@@ -84,7 +84,7 @@ class OpModel:
             raw = data.keys[rows][:, self.feat_idx]
             mesh = (meshes or {}).get(pk)
             self.parts[pk] = _Partition(rows, raw, LogInterpolator(_log_features(raw), util[rows], NEIGHBORS, mesh=mesh))
-        self.widths = {j: np.unique(data.keys[:, j]) for j, c in enumerate(cols) if c in QUANTIZED_COLUMNS}
+        self.widths = {j: np.unique(data.keys[:, j]) for j, c in enumerate(cols) if c in TILED_COLUMNS}
         self.align = {cols[j]: _alignment(v) for j, v in self.widths.items()}
 
     def meshes(self) -> "dict[tuple, Mesh]":
@@ -100,9 +100,9 @@ class OpModel:
         hit, value = self.index.lookup(keys)
         time[hit], source[hit] = value[hit], EXACT
         todo = ~hit
-        if self.quantize and todo.any():
+        if self.tile_align and todo.any():
             q = keys.copy()
-            q[todo] = self._quantized(keys[todo])
+            q[todo] = self._aligned(keys[todo])
             moved = todo & (q != keys).any(axis=1)
             hit_q, value_q = self.index.lookup(q)
             done = moved & hit_q
@@ -163,7 +163,7 @@ class OpModel:
                 out[sel] = ((feats[sel] < part.lo) | (feats[sel] > part.hi)).any(axis=1)
         return out
 
-    def _quantized(self, keys: np.ndarray) -> np.ndarray:
+    def _aligned(self, keys: np.ndarray) -> np.ndarray:
         q = keys.copy()
         for j, widths in self.widths.items():
             a = self.align[OPS[self.op].columns[j]]
@@ -173,8 +173,8 @@ class OpModel:
             q[use, j] = up[use]
         return q
 
-    def quantizes_when_held_out(self, keys: np.ndarray) -> np.ndarray:
-        """Rows whose N or K no other row has and that quantization would move once held out."""
+    def aligns_when_held_out(self, keys: np.ndarray) -> np.ndarray:
+        """Rows whose N or K no other row has and that tile alignment would move once held out."""
         out = np.zeros(len(keys), dtype=bool)
         for j, widths in self.widths.items():
             v = keys[:, j]

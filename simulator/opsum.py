@@ -14,11 +14,14 @@ from typing import Sequence
 import numpy as np
 
 from pis.allocator import FRESH_ALLOC_THRESHOLD
-from pis.profiles.schema import DTYPE_BYTES, op_bytes, op_flops
+from pis.profiles.schema import DTYPE_BYTES, QUANTIZED_GEMM, op_bytes, op_flops
 from pis.simulator.dispatch import GLUE_OP, STEP_DISPATCHES
 from pis.simulator.estimator import SOURCE_NAMES, Estimator
 from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD
 from pis.simulator.points import OpGroup
+
+#: GEMMs with quantized weights: no whole-decoder row holds them (:attr:`OpSums.outside_us`).
+QUANTIZED_OPS: frozenset[str] = frozenset(QUANTIZED_GEMM.values())
 
 #: Ops whose output the executors allocate anew every step: the ``torch.cat`` cache append, and
 #: the K/V gathers priced as one (:mod:`pis.simulator.pruning`).
@@ -53,8 +56,10 @@ class OpSums:
     dispatches: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: of those, the dispatches of loop-glue groups (no kernel, in no op's timing)
     glue_dispatches: np.ndarray = field(default_factory=lambda: np.zeros(()))
-    #: µs of the LM head, which no whole-decoder row times
-    head_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: µs of GEMMs no whole-decoder row times, added as they are outside every in-model law: the
+    #: LM head (rows time decoders without one) and GEMMs with quantized weights (rows time
+    #: native weights; on a CPU their op sums alone match quantized models, docs/fidelity.md)
+    outside_us: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: bytes the step allocates afresh above the allocator's mmap threshold (first-touch pages)
     fresh_bytes: np.ndarray = field(default_factory=lambda: np.zeros(()))
     #: kernel calls of the step (every op group's count but loop glue's)
@@ -72,7 +77,7 @@ class OpSums:
         return OpSums(self.op_sum_us[mask], self.flops[mask], self.bytes[mask], self.sol_us[mask],
                       self.extrapolated[mask], self.by_source_us[:, mask],
                       {k: np.broadcast_to(v, mask.shape)[mask] for k, v in self.by_category_us.items()},
-                      self.dispatches[mask], self.glue_dispatches[mask], self.head_us[mask],
+                      self.dispatches[mask], self.glue_dispatches[mask], self.outside_us[mask],
                       self.fresh_bytes[mask], self.calls[mask])
 
 
@@ -84,7 +89,7 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int, launch_floor: bo
         return np.zeros(n)
 
     sums = OpSums(zeros(), zeros(), zeros(), zeros(), np.zeros(n, dtype=bool), np.zeros((len(SOURCE_NAMES), n)),
-                  dispatches=np.full(n, STEP_DISPATCHES), glue_dispatches=zeros(), head_us=zeros(),
+                  dispatches=np.full(n, STEP_DISPATCHES), glue_dispatches=zeros(), outside_us=zeros(),
                   fresh_bytes=zeros(), calls=zeros())
     dtype = est.dtype
     for g in groups:
@@ -100,8 +105,8 @@ def evaluate(est: Estimator, groups: Sequence[OpGroup], n: int, launch_floor: bo
         pred = est.predict(g.op, shape)
         t = count * (pred.time_us if launch_floor else pred.kernel_us)
         sums.op_sum_us += t
-        if g.name == LM_HEAD:
-            sums.head_us += t
+        if g.name == LM_HEAD or g.op in QUANTIZED_OPS:
+            sums.outside_us += t
         if g.op in FRESH_OUTPUT_OPS:  # skip the array work for the many ops that never are
             sums.fresh_bytes += count * fresh_alloc_bytes(g.op, shape, DTYPE_BYTES[dtype])
         work = count * np.broadcast_to(g.work_scale, (n,))

@@ -4,6 +4,9 @@ Pure functions on a sweep result annotated with ``quality_loss_pct`` (see
 :meth:`pis.simulator.quality.QualityModel.annotate`). Rows without a finite loss or speedup
 take no part. Each *scenario* (model, phase, batch, seq_len, context_len: whatever of these the
 frame has) gets its own frontier and bands.
+
+The contenders are the frame's ``candidate`` column when it has one (:func:`with_candidates`:
+a family with a weight format, ``static-depth+int4``), else its ``method`` column.
 """
 
 from __future__ import annotations
@@ -26,6 +29,27 @@ STUDY_BANDS_PREFILL = pd.DataFrame({
 BAND_COLUMNS = ("family", "loss_from", "loss_to", "best_speedup", "best_sparsity")
 
 
+#: The column naming a contender (family and weight format) when sweeps of several formats meet.
+CANDIDATE = "candidate"
+
+
+def with_candidates(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``candidate`` column: ``method+weights`` when it holds several weight
+    formats (``static-depth+int4``, ``dense+bf16``), else the method alone."""
+    if "weights" not in df or df["weights"].nunique() <= 1:
+        return df.assign(**{CANDIDATE: df["method"].astype(str)})
+    return df.assign(**{CANDIDATE: df["method"].astype(str) + "+" + df["weights"].astype(str)})
+
+
+def family_of(candidate: str) -> str:
+    """The pruning family of a contender (``static-depth+int4`` -> ``static-depth``)."""
+    return str(candidate).split("+", 1)[0]
+
+
+def _who(df: pd.DataFrame) -> str:
+    return CANDIDATE if CANDIDATE in df else "method"
+
+
 def scenario_columns(df: pd.DataFrame, by: Sequence[str] | None = None) -> list[str]:
     """The columns that separate scenarios: ``by`` or the :data:`SCENARIO` columns present."""
     return [c for c in (SCENARIO if by is None else by) if c in df.columns]
@@ -40,7 +64,7 @@ def _ordered(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Best first: lower loss, then higher speedup, then dense, method name, lower sparsity."""
     key = pd.DataFrame({
         "y": df[y].to_numpy(float), "x": -df[x].to_numpy(float),
-        "dense": (df["method"] != "dense").to_numpy(), "method": df["method"].to_numpy(),
+        "dense": (df["method"] != "dense").to_numpy(), "method": df[_who(df)].to_numpy(),
         "s": df["sparsity"].to_numpy(float) if "sparsity" in df else 0.0,
     }, index=df.index)
     order = key.sort_values(["y", "x", "dense", "method", "s"], kind="mergesort").index
@@ -68,7 +92,7 @@ def frontier(df: pd.DataFrame, x: str = "speedup", y: str = "quality_loss_pct",
 
 def best_by_family(df: pd.DataFrame, x: str = "speedup", y: str = "quality_loss_pct") -> pd.DataFrame:
     """Per family of one scenario, its own frontier: the best speedup as a step function of loss."""
-    parts = [frontier(g, x, y, by=()) for _, g in df.groupby("method", sort=True)]
+    parts = [frontier(g, x, y, by=()) for _, g in df.groupby(_who(df), sort=True)]
     return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
 
 
@@ -80,7 +104,7 @@ def _bands_one(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     losses = front[y].to_numpy(float)
     for i, r in enumerate(front.itertuples(index=False)):
         loss_to = losses[i + 1] if i + 1 < len(front) else np.inf
-        fam = getattr(r, "method")
+        fam = getattr(r, _who(front))
         if rows and rows[-1]["family"] == fam:
             rows[-1].update(loss_to=loss_to, best_speedup=getattr(r, x),
                             best_sparsity=getattr(r, "sparsity"))
@@ -116,7 +140,7 @@ def compare_with_study(found: pd.DataFrame, study: pd.DataFrame = STUDY_BANDS_PR
 
     ``found`` is the :func:`bands` table of one scenario. ``simulated`` lists the winners
     overlapping the study band as ``family [from-to]``; ``agreement`` is the fraction of the
-    study band where the simulated winner is the study's family.
+    study band where the simulated winner is the study's family (in any weight format).
     """
     rows = []
     for s in study.itertuples(index=False):
@@ -127,7 +151,7 @@ def compare_with_study(found: pd.DataFrame, study: pd.DataFrame = STUDY_BANDS_PR
             if hi <= lo:
                 continue
             parts.append(f"{b.family} [{lo:.3g}-{hi:.3g}]")
-            same += (hi - lo) if b.family == s.family else 0.0
+            same += (hi - lo) if family_of(b.family) == s.family else 0.0
         rows.append(dict(study_family=s.family, loss_from=s.loss_from, loss_to=s.loss_to,
                          simulated="; ".join(parts) or "-",
                          agreement=same / width if width > 0 else np.nan))
@@ -150,7 +174,7 @@ def efficiency(df: pd.DataFrame, at: float = 0.5, by: Sequence[str] | None = Non
     rows = []
     for key, g in (df.groupby(cols, sort=True, dropna=False) if cols else [((), df)]):
         key = key if isinstance(key, tuple) else (key,)
-        for m, f in g[g["method"] != "dense"].groupby("method", sort=True):
+        for m, f in g[g["method"] != "dense"].groupby(_who(g), sort=True):
             r = f.iloc[int((f["sparsity"] - at).abs().to_numpy().argmin())]
             rows.append({**dict(zip(cols, key)), "method": m, "sparsity": r["sparsity"], "speedup": r["speedup"],
                          "theoretical_speedup": r["theoretical_speedup"],
@@ -158,5 +182,5 @@ def efficiency(df: pd.DataFrame, at: float = 0.5, by: Sequence[str] | None = Non
     return pd.DataFrame(rows, columns=cols + list(EFFICIENCY_COLUMNS))
 
 
-__all__ = ["frontier", "efficiency", "bands", "best_by_family", "compare_with_study", "scenario_columns",
+__all__ = ["with_candidates", "family_of", "CANDIDATE", "frontier", "efficiency", "bands", "best_by_family", "compare_with_study", "scenario_columns",
            "STUDY_BANDS_PREFILL", "BAND_COLUMNS", "SCENARIO"]

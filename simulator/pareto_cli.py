@@ -14,10 +14,10 @@ import pandas as pd
 
 from pis.errors import PisError, handle_errors
 from pis.simulator.api import Simulator
-from pis.simulator.cli_options import (json_records, parse_grid, parse_methods, skip_unanswerable, sparsity_value,
-                                       split_list, sweep_options, write_text)
-from pis.simulator.pareto import (STUDY_BANDS_PREFILL, bands, compare_with_study, efficiency, frontier,
-                                  scenario_columns)
+from pis.simulator.cli_options import (json_records, note_untimed_formats, parse_grid, parse_methods, parse_weights,
+                                       skip_unanswerable, sparsity_value, split_list, sweep_options, write_text)
+from pis.simulator.pareto import (CANDIDATE, STUDY_BANDS_PREFILL, bands, compare_with_study, efficiency, frontier,
+                                  scenario_columns, with_candidates)
 from pis.simulator.points import PHASES
 from pis.simulator.quality import FLAG_OUT_OF_RANGE, load_quality
 
@@ -55,9 +55,11 @@ def render_table(front: pd.DataFrame, found: pd.DataFrame, study: pd.DataFrame |
             e = e[e[c] == v] if e is not None else None
         out.append(f"== {_scenario_label(f.iloc[0])}")
         out.append("Pareto frontier (higher speedup, lower quality loss):")
-        view = pd.DataFrame({"method": f["method"], "s": f["sparsity"], "speedup": f["speedup"],
-                             "bound": f["theoretical_speedup"], "loss_%": f["quality_loss_pct"],
-                             "latency_ms": f["latency_ms"]})
+        view = pd.DataFrame({"method": f[CANDIDATE] if CANDIDATE in f else f["method"], "s": f["sparsity"],
+                             "speedup": f["speedup"], "bound": f["theoretical_speedup"],
+                             "loss_%": f["quality_loss_pct"], "latency_ms": f["latency_ms"]})
+        if "quality_rule" in f and (f["quality_rule"] != "table").any():
+            view["loss_from"] = f["quality_rule"].to_numpy()
         out.append(tabulate(view, headers="keys", showindex=False, floatfmt=".3g"))
         out.append("\nBest family per allowed quality loss (bands):")
         bview = pd.DataFrame({"family": b["family"],
@@ -115,8 +117,11 @@ def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFr
 @click.option("--phase", type=click.Choice(PHASES), default="prefill", show_default=True,
               help="One phase: prefill (TTFT) or decode (one step).")
 @click.option("--quality", "quality_file", default=None, type=click.Path(dir_okay=False),
-              help="CSV with columns method, sparsity, quality_loss_pct (percent). Default: the "
-                   "shipped table built from published accuracies (see simulator/data/QUALITY.md).")
+              help="CSV with columns method, sparsity, quality_loss_pct (percent), and optionally weights "
+                   "(native, fp8, int8, int4; a dense row of a format is what quantizing alone loses). Without "
+                   "rows of its own, a pruned-and-quantized point combines the two losses as "
+                   "1-(1-l_prune)(1-l_quant). Default: the shipped table built from published accuracies "
+                   "(see simulator/data/QUALITY.md).")
 @click.option("--plot", "plot_dir", default=None, type=click.Path(file_okay=False),
               help="Write Pareto and latency-breakdown figures (PNG + SVG) into DIR.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -128,8 +133,8 @@ def render(fmt: str, points: pd.DataFrame, front: pd.DataFrame, found: pd.DataFr
 @handle_errors
 def main(profile: str | None, model: str, batch: str, seq_len: str, context: str, granularity: str,
          align: int, layer_sparsity: str | None, execution: str | None, op_graph: str | None,
-         variant: tuple[str, ...], kv_cache: str | None, op_sum: bool, allow_roofline: bool,
-         jobs: int, method: str,
+         variant: tuple[str, ...], weights: str, group_size: int, quantize_head: bool, kv_cache: str | None,
+         op_sum: bool, allow_roofline: bool, jobs: int, method: str,
          sparsity: str, phase: str, quality_file: str | None, plot_dir: str | None, fmt: str,
          out: str | None, force: bool) -> None:
     """Acceleration-quality Pareto frontier of pruning families.
@@ -138,9 +143,13 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     a quality table (interpolated per family; beyond the table's last sparsity a point has no
     quality and is left out), then prints the Pareto frontier (highest speedup for lowest loss)
     and the bands: which family is fastest for each interval of allowed quality loss. For
-    prefill it sets the study's bands (arXiv 2606.09080) beside them.
+    prefill it sets the study's bands (arXiv 2606.09080) beside them. With several --weights,
+    each family in each weight format is a contender (static-depth+int4), all against the
+    unpruned model with native weights: the joint frontier of pruning and quantization.
 
     Example: pis-pareto --phase prefill --batch 8 --seq-len 2048 --plot figs/
+
+    Example: pis-pareto --phase decode --weights bf16,int8,int4 --plot figs/
     """
     t0 = time.perf_counter()
     quality = load_quality(quality_file)
@@ -151,22 +160,26 @@ def main(profile: str | None, model: str, batch: str, seq_len: str, context: str
     if method.strip() == "all":
         methods = skip_unanswerable(methods, sim)
     sparsities = split_list(sparsity, "--sparsity", sparsity_value)
-    missing = [m for m in methods if not quality.has(m)]
-    if missing and len(missing) == len([m for m in methods if m != "dense"]):
+    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache, execution,
+                      op_graph, variant, parse_weights(weights, sim.estimator.dtype), group_size, quantize_head)
+    if grid.options.layer_sparsity is not None:
+        sparsities = [float(np.mean(grid.options.layer_sparsity))]
+    found = {w: [m for m in methods if quality.has(m, w)] for w in grid.weights}
+    missing = [f"{m}" + ("" if w == "native" else f" ({w})") for w in grid.weights for m in methods
+               if m not in found[w]]
+    if not any(m != "dense" for ms in found.values() for m in ms):
         raise PisError(f"no quality data for {', '.join(missing)} in {quality.source}")
     if missing:
         click.echo(f"note: no quality data for {', '.join(missing)} in {quality.source}; "
                    "left out of the frontier", err=True)
-    grid = parse_grid(model, batch, seq_len, context, granularity, align, layer_sparsity, kv_cache, execution,
-                      op_graph, variant)
-    if grid.options.layer_sparsity is not None:
-        sparsities = [float(np.mean(grid.options.layer_sparsity))]
-    found_points = sim.design_points([m for m in methods if quality.has(m)], sparsities, phase=phase,
-                                     model=grid.models, batch=grid.batches, seq_len=grid.seq_lens,
-                                     context=grid.contexts, options=grid.options, in_model=not op_sum,
-                                     breakdown=plot_dir is not None, jobs=jobs)
+    note_untimed_formats(grid.weights, sim)
+    found_points = pd.concat([sim.design_points(found[opts.weights], sparsities, phase=phase, model=grid.models,
+                                                batch=grid.batches, seq_len=grid.seq_lens, context=grid.contexts,
+                                                options=opts, in_model=not op_sum, breakdown=plot_dir is not None,
+                                                jobs=jobs)
+                              for opts in grid.each_format() if found[opts.weights]], ignore_index=True)
     path = sim.path
-    points = quality.annotate(found_points)
+    points = with_candidates(quality.annotate(found_points))
     out_of_range = points["quality_flag"] == FLAG_OUT_OF_RANGE
     if out_of_range.any():
         beyond = sorted(points.loc[out_of_range, "method"].unique())

@@ -49,6 +49,20 @@ def _colors(methods: list[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+#: Marker of each weight format (native weights: circles).
+_MARKERS = {"fp8": "d", "int8": "s", "int4": "^"}
+
+
+def _who(df: pd.DataFrame) -> str:
+    return "candidate" if "candidate" in df else "method"
+
+
+def _style(df: pd.DataFrame, who: str) -> tuple[str, str]:
+    """(family, marker) of the contender ``who``: colour by family, marker by weight format."""
+    row = df.iloc[0]
+    return str(row["method"]), _MARKERS.get(str(row.get("weights", "")), "o")
+
+
 def _title(df: pd.DataFrame) -> str:
     parts = []
     for col, fmt in (("model", "{}"), ("phase", "{}"), ("batch", "B={}"), ("seq_len", "S={}"),
@@ -66,13 +80,16 @@ def _title(df: pd.DataFrame) -> str:
 
 def pareto_figure(points: pd.DataFrame, front: pd.DataFrame | None = None,
                   study_bands: pd.DataFrame | None = None, title: str | None = None) -> Any:
-    """Speedup vs quality loss of one scenario: each family's curve (solid, realized), its
-    theoretical bound (dashed, ``theoretical_speedup``), the Pareto frontier (black steps),
-    and optionally the study's bands as shaded spans."""
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
+    """Speedup vs quality loss of one scenario: each contender's curve (solid, realized; colour by
+    family, marker by weight format), its theoretical bound (dashed, ``theoretical_speedup``),
+    the Pareto frontier (black steps), and optionally the study's bands as shaded spans."""
     ok = points[np.isfinite(points["quality_loss_pct"].to_numpy(float))]
+    who = _who(ok)
     methods = sorted(ok["method"].unique(), key=lambda m: (m != "dense", m))
+    contenders = sorted(ok[who].unique(), key=lambda m: (not str(m).startswith("dense"), m))
+    crowded = len(contenders) > 10  # the legend goes beside the axes instead of over the curves
+    fig = _figure(10.0 if crowded else 7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
     colors = _colors(methods)
     if study_bands is not None:
         for b in study_bands.itertuples(index=False):
@@ -80,14 +97,16 @@ def pareto_figure(points: pd.DataFrame, front: pd.DataFrame | None = None,
             ax.axvspan(b.loss_from, b.loss_to, color=c, alpha=0.08, lw=0)
             ax.text((b.loss_from + b.loss_to) / 2, 0.99, f"study: {b.family}", rotation=90,
                     transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7, color=c)
-    for m in methods:
-        g = ok[ok["method"] == m].sort_values("sparsity")
-        if m == "dense":
-            ax.plot(g["quality_loss_pct"].iloc[:1], g["speedup"].iloc[:1], "k*", ms=10, label="dense")
+    for m in contenders:
+        g = ok[ok[who] == m].sort_values("sparsity")
+        family, marker = _style(g, who)
+        if family == "dense":
+            ax.plot(g["quality_loss_pct"].iloc[:1], g["speedup"].iloc[:1], "k" + (marker if marker != "o" else "*"),
+                    ms=10 if marker == "o" else 7, label=m)
             continue
-        ax.plot(g["quality_loss_pct"], g["speedup"], "o-", ms=3, lw=1.2, color=colors[m], label=m)
+        ax.plot(g["quality_loss_pct"], g["speedup"], marker + "-", ms=3, lw=1.2, color=colors[family], label=m)
         if "theoretical_speedup" in g:
-            ax.plot(g["quality_loss_pct"], g["theoretical_speedup"], "--", lw=1, color=colors[m], alpha=0.7)
+            ax.plot(g["quality_loss_pct"], g["theoretical_speedup"], "--", lw=1, color=colors[family], alpha=0.7)
     if front is not None and len(front):
         f = front.sort_values("quality_loss_pct")
         xmax = max(float(ok["quality_loss_pct"].max()), float(f["quality_loss_pct"].max()))
@@ -98,7 +117,10 @@ def pareto_figure(points: pd.DataFrame, front: pd.DataFrame | None = None,
     ax.set_ylabel("speedup over dense (×)")
     ax.set_title(title if title is not None else _title(points), fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    if crowded:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if len(contenders) < 24 else 2)
+    else:
+        ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -110,13 +132,14 @@ def breakdown_figure(points: pd.DataFrame, sparsity: float = 0.5, title: str | N
     if not cats:
         raise PisError("latency breakdown needs a sweep with breakdown=True (t_<category>_ms columns)")
     rows = []
-    for m, g in points.groupby("method", sort=False):
-        i = (g["sparsity"] - (0.0 if m == "dense" else sparsity)).abs().to_numpy().argmin()
+    who = _who(points)
+    for m, g in points.groupby(who, sort=False):
+        i = (g["sparsity"] - (0.0 if g["method"].iloc[0] == "dense" else sparsity)).abs().to_numpy().argmin()
         rows.append(g.iloc[i])
-    bars = pd.DataFrame(rows).sort_values("method", key=lambda s: s.map(lambda m: (m != "dense", m)))
+    bars = pd.DataFrame(rows).sort_values(who, key=lambda s: s.map(lambda m: (not str(m).startswith("dense"), m)))
     fig = _figure(8.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    labels = [m if m == "dense" else f"{m}\ns={s:.2g}" for m, s in zip(bars["method"], bars["sparsity"])]
+    labels = [m if f == "dense" else f"{m}\ns={s:.2g}" for m, f, s in zip(bars[who], bars["method"], bars["sparsity"])]
     x = np.arange(len(bars))
     bottom = np.zeros(len(bars))
     colors = _colors([c[2:-3] for c in cats])
@@ -138,15 +161,20 @@ def speedup_figure(points: pd.DataFrame, title: str | None = None) -> Any:
     per phase and one line per family."""
     phases = list(dict.fromkeys(points["phase"])) if "phase" in points else [None]
     fig = _figure(5.0 * len(phases), 4.0)
+    who = _who(points)
     methods = sorted(m for m in points["method"].unique() if m != "dense")
+    contenders = sorted(m for m in points.loc[points["method"] != "dense", who].unique())
     colors = _colors(methods)
     for i, phase in enumerate(phases):
         ax = fig.add_subplot(1, len(phases), i + 1)
         df = points if phase is None else points[points["phase"] == phase]
-        for m in methods:
-            g = df[df["method"] == m].sort_values("sparsity")
-            ax.plot(g["sparsity"], g["speedup"], "o-", ms=2, color=colors[m], label=m)
-            ax.plot(g["sparsity"], g["theoretical_speedup"], "--", lw=1, color=colors[m])
+        for m in contenders:
+            g = df[df[who] == m].sort_values("sparsity")
+            if not len(g):
+                continue
+            family, marker = _style(g, who)
+            ax.plot(g["sparsity"], g["speedup"], marker + "-", ms=2, color=colors[family], label=m)
+            ax.plot(g["sparsity"], g["theoretical_speedup"], "--", lw=1, color=colors[family])
         ax.set_title(title if title is not None else f"{_title(df)}: realized (solid) vs bound (dashed)",
                      fontsize=9)
         ax.set_xlabel("sparsity")

@@ -7,13 +7,16 @@ value with ``--layer-sparsity``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from pis.errors import PisError
 from pis.models import ModelSpec
 from pis.pruned import PruneOptions, layers_removed
 from pis.simulator.families import FAMILIES, Family, kv_append, pruned_width
-from pis.simulator.opgraph import ends
+from pis.profiles.schema import OPS, QUANTIZED_GEMM
+from pis.simulator.opgraph import GEMM_CATEGORY, LM_HEAD, ends
 from pis.simulator.points import OpGroup, Points
 
 
@@ -100,4 +103,24 @@ def build_ops(method: str, spec: ModelSpec, pts: Points, opts: PruneOptions | No
         ops = []
         for value, count in _layer_groups(spec, fam, opts):
             ops += fam.layers(spec, pts, np.full(len(pts), value), count, opts)
-    return _with_kv_appends(ends(spec, pts, hidden, graph=opts.graph) + ops, pts, spec, opts)
+    return quantize_weights(_with_kv_appends(ends(spec, pts, hidden, graph=opts.graph) + ops, pts, spec, opts), opts)
+
+
+def quantize_weights(ops: list[OpGroup], o: PruneOptions) -> list[OpGroup]:
+    """The op graph with the decoder's GEMMs on ``o.weights``: every dense GEMM of the layers
+    (projections, FFN, low-rank factors, residual maps) becomes the weight format's GEMM; the LM
+    head keeps the activation dtype unless ``o.quantize_head``; routers, attention and 2:4 GEMMs
+    keep theirs (no 2:4 kernel takes quantized weights). int4 groups ``o.group_size`` inputs, or
+    the largest group dividing a smaller K (a low-rank factor's rank), as the quantizer does."""
+    if o.weights == "native":
+        return ops
+    op = QUANTIZED_GEMM[o.weights]
+    out = []
+    for g in ops:
+        if g.op == "gemm" and g.category == GEMM_CATEGORY and (g.name != LM_HEAD or o.quantize_head):
+            shape = dict(g.shape)
+            if "group_size" in OPS[op].columns:  # a K the group size does not divide: the largest group that does
+                shape["group_size"] = np.gcd(np.asarray(shape["k"], dtype=np.int64), np.int64(o.group_size))
+            g = replace(g, op=op, shape=shape)
+        out.append(g)
+    return out

@@ -25,6 +25,13 @@ Rules (also in ``data/QUALITY.md``):
    sparsity 0 (the unpruned model) and floored at 0 (a pruned model that scores above its dense
    baseline counts as no loss). The raw median stays in ``median_loss_pct``.
 
+Quantized weights (``data/published_quantization.csv``, sources in ``data/QUANTIZATION_SOURCES.md``):
+each weight format's loss is one row ``dense`` at sparsity 0 with its ``weights``, the median over
+that format's rows (rule 5), floored at 0 (rule 6). int4 keeps only group-wise rows (``g128``,
+``w4a16``), the kernel ``--group-size 128`` prices; per-channel int4 is another quantizer and is
+left out, as are int8 rows that quantize activations too (W8A8: the int8 format is weight-only). Pruned-and-quantized points combine the two losses
+(:meth:`pis.simulator.quality.QualityModel.loss`).
+
 Run ``python -m pis.simulator.quality_build`` to rebuild; ``--check`` fails if the shipped
 files differ from a fresh build (the tests do the same).
 """
@@ -64,8 +71,14 @@ BIN = 0.05
 _LAYERS = re.compile(r"(\d+)\s*/\s*(\d+)\s*layers")
 _RETRAINED = re.compile(r"^yes|lora|jointly|distill|\bkd\b", re.IGNORECASE)
 
+#: Published quantization label -> weight format.
+QUANT_MAP: dict[str, str] = {"quant_int8": "int8", "quant_int4": "int4", "quant_fp8": "fp8"}
+_PER_CHANNEL = re.compile(r"per-channel", re.IGNORECASE)
+_INT8_ACTIVATIONS = re.compile(r"W8A8", re.IGNORECASE)
+
 DATA = "data"
 INPUT = "published_quality.csv"
+QUANT_INPUT = "published_quantization.csv"
 OUTPUT = "quality_default.csv"
 SOURCES = "quality_sources.csv"
 
@@ -144,6 +157,42 @@ def build_table(mapped: pd.DataFrame, agg: str = "median") -> pd.DataFrame:
     return table[cols].sort_values(["method", "sparsity"], ignore_index=True)
 
 
+def map_quantized(published: pd.DataFrame) -> pd.DataFrame:
+    """Every published quantization row with its weight format, loss, and exclusion reason (or '')."""
+    out = published.copy()
+    out["weights"] = [QUANT_MAP.get(f, None) for f in out["family"]]
+    acc = pd.to_numeric(out["avg_acc"], errors="coerce")
+    dense = pd.to_numeric(out["dense_avg"], errors="coerce")
+    out["loss_pct"] = (dense - acc) / dense * 100.0
+    reasons = []
+    for _, r in out.iterrows():
+        if r["weights"] is None:
+            reasons.append(f"unknown family label {r['family']!r}")
+        elif pd.isna(r["loss_pct"]):
+            reasons.append("no accuracy published")
+        elif r["weights"] == "int4" and _PER_CHANNEL.search(str(r["method"])):
+            reasons.append("per-channel int4 (the int4 kernel groups by --group-size)")
+        elif r["weights"] == "int8" and _INT8_ACTIVATIONS.search(str(r["method"])):
+            reasons.append("int8 activations too (the int8 format is weight-only)")
+        else:
+            reasons.append("")
+    out["excluded"] = reasons
+    return out
+
+
+def quantized_table(mapped: pd.DataFrame, agg: str = "median") -> pd.DataFrame:
+    """One ``dense`` row per weight format: the aggregated loss of its kept rows, floored at 0."""
+    kept = mapped[mapped["excluded"] == ""]
+    rows = []
+    for w, g in kept.groupby("weights", sort=True):
+        med = float(g["loss_pct"].agg(agg))
+        rows.append(dict(method="dense", weights=w, sparsity=0.0, quality_loss_pct=round(max(med, 0.0), 2),
+                         median_loss_pct=round(med, 2), n_rows=len(g),
+                         sources=";".join(sorted(set(g["src"].astype(str)))),
+                         methods=";".join(sorted(set(g["method"].astype(str))))))
+    return pd.DataFrame(rows)
+
+
 def sources_table(mapped: pd.DataFrame) -> pd.DataFrame:
     """The provenance file: each published row, where it went, or why it was left out."""
     cols = ["method", "family", "model", "sparsity", "finetuned", "src", "verif",
@@ -153,11 +202,20 @@ def sources_table(mapped: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def build(input_path: Path, include_retrained: bool = False, agg: str = "median"
-          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(quality table, provenance table) built from a published_quality.csv."""
+def build(input_path: Path, include_retrained: bool = False, agg: str = "median",
+          quant_path: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(quality table, provenance table) built from a published_quality.csv and, when given, a
+    published_quantization.csv (its rows add one ``dense`` row per weight format)."""
     mapped = map_rows(pd.read_csv(input_path), include_retrained)
-    return build_table(mapped, agg), sources_table(mapped)
+    table = build_table(mapped, agg).assign(weights="native")
+    sources = sources_table(mapped).assign(weights="native")
+    if quant_path is not None:
+        quant = map_quantized(pd.read_csv(quant_path))
+        table = pd.concat([table, quantized_table(quant, agg)], ignore_index=True)
+        q = quant.assign(cli_family="dense", sparsity_bin=0.0, loss_pct=quant["loss_pct"].round(2))
+        sources = pd.concat([sources, q[list(sources.columns)]], ignore_index=True)
+    cols = ["method", "weights", "sparsity", "quality_loss_pct", "median_loss_pct", "n_rows", "sources", "methods"]
+    return table[cols], sources
 
 
 def _csv(df: pd.DataFrame) -> str:
@@ -171,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(str(files("pis.simulator").joinpath(DATA)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", type=Path, default=data / INPUT)
+    ap.add_argument("--quant-input", type=Path, default=data / QUANT_INPUT)
     ap.add_argument("--out-dir", type=Path, default=data)
     ap.add_argument("--include-retrained", action="store_true")
     ap.add_argument("--agg", choices=("median", "min"), default="median")
     ap.add_argument("--check", action="store_true", help="fail if the files differ from a fresh build")
     args = ap.parse_args(argv)
-    table, sources = build(args.input, args.include_retrained, args.agg)
+    table, sources = build(args.input, args.include_retrained, args.agg, args.quant_input)
     outputs = {args.out_dir / OUTPUT: _csv(table), args.out_dir / SOURCES: _csv(sources)}
     if args.check:
         stale = [str(p) for p, text in outputs.items() if not p.is_file() or p.read_text() != text]

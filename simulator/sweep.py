@@ -9,6 +9,7 @@ Results are columns of numpy arrays (:func:`sweep_columns`), or a DataFrame (:fu
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 #: Columns every sweep result has (the JSON keys promised to scripts), in output order.
 RESULT_COLUMNS: tuple[str, ...] = (
-    "model", "method", "sparsity", "phase", "batch", "seq_len", "context_len",
+    "model", "method", "weights", "sparsity", "phase", "batch", "seq_len", "context_len",
     "latency_ms", "dense_latency_ms", "speedup", "theoretical_speedup", "flops_ratio",
     "flops", "bytes", "sol_ms", "extrapolated",
     "frac_exact", "frac_interp", "frac_roofline", "in_model_factor",
@@ -36,14 +37,15 @@ RESULT_COLUMNS: tuple[str, ...] = (
 Columns = dict[str, np.ndarray]
 
 
-def _columns(spec: ModelSpec, method: str, pts: Points, sums: OpSums, dense: OpSums, breakdown: bool,
-             lat_us: np.ndarray, dense_lat_us: np.ndarray, first_touch: FirstTouch | None) -> Columns:
+def _columns(spec: ModelSpec, method: str, weights: str, pts: Points, sums: OpSums, dense: OpSums,
+             breakdown: bool, lat_us: np.ndarray, dense_lat_us: np.ndarray, first_touch: FirstTouch | None) -> Columns:
     n = len(pts)
     lat = lat_us / 1e3
     dense_lat = dense_lat_us / 1e3
     src = sums.by_source_us / np.maximum(sums.op_sum_us, 1e-30)
     out: Columns = {
         "model": np.full(n, spec.name, dtype=object), "method": np.full(n, method, dtype=object),
+        "weights": np.full(n, weights, dtype=object),
         "sparsity": pts.sparsity, "phase": np.full(n, pts.phase, dtype=object),
         "batch": pts.batch, "seq_len": pts.seq_len, "context_len": pts.context,
         "latency_ms": lat, "dense_latency_ms": dense_lat,
@@ -89,8 +91,14 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
     that every combination asked for has a row. With ``in_model`` (default), latencies are op
     sums with the profile's in-model correction (:mod:`pis.simulator.inmodel`); without it,
     plain op sums.
+
+    With quantized weights (``opts.weights``), every row's speedup, bound and FLOPs ratio are
+    against the unpruned model with native weights, so that rows of all weight formats compare
+    on one axis; the ``dense`` rows then give what quantizing alone gains.
     """
     opts = sim.resolve(opts)
+    native = replace(opts, weights="native")
+    weights = opts.weights if opts.weights != "native" else sim.estimator.dtype
     floor = not opts.graph  # graph execution launches no op from the host
     methods, sparsities = list(methods), [float(s) for s in sparsities]
     batches, seq_lens, contexts = list(batches), list(seq_lens), list(contexts)
@@ -99,7 +107,7 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
     for spec, phase in itertools.product(list(models), list(phases)):
         grid = np.array(list(itertools.product(sparsities, batches, seq_lens, contexts)), dtype=np.float64)
         pts = Points.make(phase, grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 0])
-        dense = evaluate(est, build_ops("dense", spec, pts, opts), len(pts), floor)
+        dense = evaluate(est, build_ops("dense", spec, pts, native), len(pts), floor)
         correction = sim.correction if in_model else None
         terms = correction.terms(spec, pts, opts.kv_cache, execution=opts.execution) if correction is not None else None
         dense_lat = terms.latency_us(dense) if terms is not None else dense.op_sum_us
@@ -109,8 +117,14 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
                 # Dense ignores sparsity: one row per (batch, seq, context), reported at s = 0.
                 first = pts.sparsity == pts.sparsity[0]
                 d_pts = Points.make(phase, pts.batch[first], pts.seq_len[first], pts.context[first], 0.0)
-                d_sums = dense.select(first)
-                parts.append(_columns(spec, method, d_pts, d_sums, d_sums, breakdown, dense_lat[first],
+                ref = dense.select(first)
+                if opts.weights == "native":
+                    d_sums, d_lat = ref, dense_lat[first]
+                else:
+                    d_sums = evaluate(est, build_ops("dense", spec, d_pts, opts), len(d_pts), floor)
+                    d_lat = (correction.terms(spec, d_pts, opts.kv_cache, execution=opts.execution).latency_us(d_sums)
+                             if correction is not None else d_sums.op_sum_us)
+                parts.append(_columns(spec, method, weights, d_pts, d_sums, ref, breakdown, d_lat,
                                       dense_lat[first], first_touch))
                 continue
             sums = evaluate(est, build_ops(method, spec, pts, opts), len(pts), floor)
@@ -120,7 +134,7 @@ def sweep_columns(sim: "Simulator", models: Iterable[ModelSpec], methods: Iterab
                 lat = correction.terms(spec, pts, opts.kv_cache, method).latency_us(sums)
             else:
                 lat = terms.latency_us(sums)
-            parts.append(_columns(spec, method, pts, sums, dense, breakdown, lat, dense_lat, first_touch))
+            parts.append(_columns(spec, method, weights, pts, sums, dense, breakdown, lat, dense_lat, first_touch))
     return concat_columns(parts)
 
 

@@ -43,7 +43,7 @@ def true_latency_us(op: str, shape: Mapping[str, object], *, tile: int | None = 
     s = {k: _f(v) for k, v in shape.items()}
     if op == "overhead":
         return np.asarray(dispatch_us if dispatch_us else 1.0)
-    if tile and op == "gemm":  # tile quantization: pay for N and K rounded up to the tile
+    if tile and op == "gemm":  # tile alignment: pay for N and K rounded up to the tile
         s["n"], s["k"] = np.ceil(s["n"] / tile) * tile, np.ceil(s["k"] / tile) * tile
     flops, nbytes = op_flops(op, s), op_bytes(op, s, DTYPE)
     if op in ("gemm", "topk"):
@@ -133,7 +133,7 @@ def synthetic() -> Synthetic:
 
 @pytest.fixture(name="make_synthetic")
 def make_synthetic_fixture() -> Callable[..., Synthetic]:
-    """Factory for synthetic profile variants (device kind, tile quantization, peaks, ops)."""
+    """Factory for synthetic profile variants (device kind, tile alignment, peaks, ops)."""
     return make_synthetic
 
 

@@ -140,7 +140,7 @@ def test_gpu_device_factor_leaves_the_lm_head_unscaled():
     fit = HostIssue(1.0, 2.0, float("inf"), 8)
     n, d, head = np.array([10.0]), np.array([1000.0]), np.array([300.0])
     assert fit.latency_us(n, d)[0] == 2000.0
-    assert fit.latency_us(n, d, head_us=head)[0] == 2.0 * 700.0 + 300.0
+    assert fit.latency_us(n, d, outside_us=head)[0] == 2.0 * 700.0 + 300.0
 
 
 def test_gpu_glue_uses_the_measured_glue_cost_when_the_profile_has_it():

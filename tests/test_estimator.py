@@ -207,18 +207,18 @@ def test_cuda_attention_interpolates_across_the_grouped_query_boundary(make_synt
                            est.op_time("attn_decode", GQA_QUERIES))
 
 
-def test_tile_quantization_option(make_synthetic):
+def test_tile_alignment_option(make_synthetic):
     syn = make_synthetic(tile=128)  # truth pays for N rounded up to 128
     shape = {"m": 256, "n": 2112, "k": 1000}
     truth = float(syn.truth("gemm", shape))
-    on = Estimator(syn.profile, quantize="align")
-    off = Estimator(syn.profile, quantize="none")
+    on = Estimator(syn.profile, tile_align="align")
+    off = Estimator(syn.profile, tile_align="none")
     assert on.alignment("gemm") == {"n": 128, "k": 128}
     err_on = abs(float(on.op_time("gemm", shape)) / truth - 1)
     err_off = abs(float(off.op_time("gemm", shape)) / truth - 1)
     assert err_on < 0.01 < err_off
-    assert Estimator(syn.profile).quantize is False  # auto: CPU profile
-    assert Estimator(make_synthetic(device_kind="cuda").profile).quantize is True
+    assert Estimator(syn.profile).tile_align is False  # auto: CPU profile
+    assert Estimator(make_synthetic(device_kind="cuda").profile).tile_align is True
 
 
 def test_loo_on_synthetic_profile_is_small(est):

@@ -80,7 +80,7 @@ def _sums(op_sum_us: float, dispatches: float, n: int = 3) -> OpSums:
     """Op sums of ``n`` design points with no GEMMs, no LM head, no glue and no fresh allocations."""
     zeros = np.zeros(n)
     return OpSums(np.full(n, op_sum_us), zeros, zeros, zeros, np.zeros(n, dtype=bool), np.zeros((3, n)),
-                  dispatches=np.full(n, dispatches), glue_dispatches=zeros, head_us=zeros, fresh_bytes=zeros)
+                  dispatches=np.full(n, dispatches), glue_dispatches=zeros, outside_us=zeros, fresh_bytes=zeros)
 
 
 def _head_ms(est, df, spec=SPEC) -> np.ndarray:

@@ -264,7 +264,7 @@ def test_loo_summary(synthetic_file):
     assert result.exit_code == 0, result.output
     assert "n=637" in result.stdout and "median |err|" in result.stdout
     doc = json.loads(run("loo", synthetic_file, "--format", "json", "--worst", "2").stdout)
-    assert doc["summary"]["n"] == 637 and len(doc["worst"]) == 2 and doc["quantize"] is False
+    assert doc["summary"]["n"] == 637 and len(doc["worst"]) == 2 and doc["tile_align"] is False
     assert doc["worst"][0]["abs_pct"] >= doc["worst"][1]["abs_pct"]
 
 

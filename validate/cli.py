@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from pis.errors import PisError, handle_errors
 from pis.models import ModelSpec
+from pis.pruned import weight_format
+from pis.simulator.cli_options import split_list
 
 
 class DefaultGroup(click.Group):
@@ -107,6 +110,13 @@ def _write_csv(report, path: Path) -> None:
                    "CUDA graph and replayed (events, median of repeats), Hugging Face with a static "
                    "cache written in place and Liger's RMSNorm/RoPE where installed, the study's op "
                    "graphs (suites of Llama-3.1-8B shapes at S = 1024, contexts 4096 and 32768).")
+@click.option("--weights", default=None, metavar="LIST",
+              help="Comma list of weight formats (native or bf16/fp16/fp32, fp8, int8, int4): run the suite's "
+                   "configurations once per format (quantized: the Hugging Face families; pis's "
+                   "reference decoder runs native weights). Default: the suite as defined, whose full "
+                   "suites include quantized rows.")
+@click.option("--group-size", type=click.IntRange(1, 65536), default=128, show_default=True,
+              help="int4 weights per scale and zero along K.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
 @click.option("--drift/--no-drift", default=True, show_default=True,
@@ -115,7 +125,8 @@ def _write_csv(report, path: Path) -> None:
                    "measured (columns machine_drift_pct, drift_adjusted_error_pct; a few seconds).")
 @handle_errors
 def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
-        force: bool, allow_roofline: bool, rounds: int, execution: str, threads: int | None, drift: bool) -> None:
+        force: bool, allow_roofline: bool, rounds: int, execution: str, weights: str | None, group_size: int,
+        threads: int | None, drift: bool) -> None:
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
@@ -141,12 +152,16 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
     from pis.validate.report import (combine_rounds, format_drift, format_speedup, format_summary, format_table,
                                      provenance, summarize_report, with_drift, with_speedups)
     from pis.validate.run import EFFORT, check_profile_matches, run_configs
-    from pis.validate.suites import suite_configs, suite_models
+    from pis.validate.suites import suite_configs, suite_models, with_weights
 
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     configs = suite_configs(suite, dev.type, execution)
+    if weights is not None:
+        configs = with_weights(configs, [weight_format(w) for w in split_list(weights, "--weights", str)])
+    if group_size != 128:
+        configs = [replace(c, group_size=group_size) for c in configs]
     dtype = default_dtype(dev.type)
     with tempfile.TemporaryDirectory(prefix="pis-validate-") as tmp:
         path = calibrate_profile(device, suite_models(configs), Path(tmp), threads) if do_calibrate \

@@ -11,7 +11,7 @@ TABLE_COLUMNS = ("config", "measured_ms", "predicted_ms", "error_pct", "model_x"
 
 #: Columns of the validation report, in order.
 REPORT_COLUMNS: tuple[str, ...] = (
-    "config", "model", "layers", "backend", "method", "granularity", "sparsity", "phase", "batch",
+    "config", "model", "layers", "backend", "method", "weights", "granularity", "sparsity", "phase", "batch",
     "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
     "predicted_ms", "error_pct", "predicted_ops_ms", "ops_error_pct", "in_model_factor",
     "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct",
@@ -71,8 +71,9 @@ def with_drift(report: pd.DataFrame, drift_pct: "float | np.ndarray") -> pd.Data
 
 
 def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
-    """``report`` with each pruned configuration's speedup over its dense counterpart
-    (:data:`SPEEDUP_KEY`), measured and predicted, and ``speedup_error_pct`` between them.
+    """``report`` with each pruned or quantized configuration's speedup over its dense counterpart
+    with native weights (:data:`SPEEDUP_KEY`), measured and predicted, and ``speedup_error_pct``
+    between them.
 
     This is the figure a pruning study reads. A common error of the absolute level (the machine
     running slower than at calibration, the in-model factor's own scatter) cancels in it, so
@@ -82,10 +83,12 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
     out = report.copy()
     key = list(SPEEDUP_KEY)
     ok = out["status"] == "ok"
-    dense = (out[ok & (out["method"] == "dense")].drop_duplicates(key).set_index(key)
+    native = out["weights"].fillna("native") == "native" if "weights" in out else pd.Series(True, index=out.index)
+    baseline = ok & (out["method"] == "dense") & native
+    dense = (out[baseline].drop_duplicates(key).set_index(key)
              [["measured_ms", "predicted_ms"]].add_suffix("_dense"))
     both = out.join(dense, on=key)
-    pruned = ok & (out["method"] != "dense") & both["measured_ms_dense"].notna()
+    pruned = ok & ~baseline & both["measured_ms_dense"].notna()
     out["measured_speedup"] = (both["measured_ms_dense"] / out["measured_ms"]).where(pruned)
     out["predicted_speedup"] = (both["predicted_ms_dense"] / out["predicted_ms"]).where(pruned)
     out["speedup_error_pct"] = error_pct(out["predicted_speedup"], out["measured_speedup"])

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from pis.errors import PisError
+from pis.pruned import WEIGHT_FORMATS
 from pis.simulator.api import Simulator
 from pis.validate.report import SPEEDUP_KEY, error_pct, with_drift, with_speedups
 from pis.validate.run import predict
-from pis.validate.suites import suite_configs
+from pis.validate.suites import suite_configs, with_weights
 
 
 def read_report(path: str) -> pd.DataFrame:
@@ -43,7 +44,8 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
         device_kind = "cuda" if "device" in df and str(df["device"].iloc[0]).startswith("cuda") else "cpu"
     if execution is None:
         execution = str(df["execution"].iloc[0]) if "execution" in df and len(df) else "eager"
-    configs = {c.label: c for c in suite_configs(suite, device_kind, execution)}
+    suite_cfgs = suite_configs(suite, device_kind, execution)
+    configs = {c.label: c for c in suite_cfgs + with_weights(suite_cfgs, WEIGHT_FORMATS)}
     sim = Simulator(profile)
     rows = []
     for r in df.itertuples():
@@ -51,7 +53,7 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
         if cfg is None or not np.isfinite(r.measured_ms):
             continue
         pred, extrap, factor = predict(sim, cfg)
-        rows.append(dict(config=r.config, method=cfg.method, phase=cfg.phase, status="ok",
+        rows.append(dict(config=r.config, method=cfg.method, weights=cfg.weights, phase=cfg.phase, status="ok",
                          measured_ms=r.measured_ms, predicted_ms=pred,
                          error_pct=error_pct(pred, r.measured_ms), predicted_ops_ms=pred / factor,
                          ops_error_pct=error_pct(pred / factor, r.measured_ms), in_model_factor=factor,

@@ -62,7 +62,7 @@ def run_configs(configs: list[Config], sim: Simulator, device: torch.device, dty
     it = progress(configs) if progress else configs
     for cfg in it:
         row = dict(config=cfg.label, model=cfg.spec.name, layers=cfg.spec.layers, backend=cfg.backend,
-                   method=cfg.method, granularity=cfg.granularity, sparsity=cfg.sparsity,
+                   method=cfg.method, weights=cfg.weights, granularity=cfg.granularity, sparsity=cfg.sparsity,
                    phase=cfg.phase, batch=cfg.batch, seq_len=cfg.seq_len, context_len=cfg.context,
                    measured_ms=np.nan, measured_p10_ms=np.nan, measured_p90_ms=np.nan, repeats=0,
                    predicted_ms=np.nan, error_pct=np.nan, predicted_ops_ms=np.nan, ops_error_pct=np.nan,

@@ -3,12 +3,14 @@
 CPU suites use a small Llama-shaped model so that they run on a couple of cores; GPU suites use
 the Llama-3.1-8B shapes with fewer layers (latency is additive over layers; the reported model
 says how many). ``tiny`` is CI's smoke test, ``quick`` about a dozen configurations, ``full``
-every family in both phases at several batch sizes and lengths.
+every family in both phases at several batch sizes and lengths, and dense, static depth, static
+width and low rank with quantized weights (int8 and int4 on a CPU; fp8, int8 and int4 on a GPU).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from pis.errors import PisError
@@ -47,6 +49,10 @@ class Config:
     execution: str = "eager"
     #: the family's op graph: "study" or "pis" (None: the execution's default, study under graph)
     variant: str | None = None
+    #: the decoder's weight format: "native" or a quantized one (Hugging Face families only)
+    weights: str = "native"
+    #: int4 weights per scale and zero along K
+    group_size: int = 128
 
     @property
     def backend(self) -> str:
@@ -64,13 +70,16 @@ class Config:
             name += f"[{VARIANT_NAMES[self.method][OP_GRAPHS.index(self.op_graph)]}]"
         if self.granularity != "layer":
             name += f"/{self.granularity}"
+        if self.weights != "native":
+            name += f"+{self.weights}" + (f"g{self.group_size}" if self.weights == "int4" and self.group_size != 128 else "")
         shape = f"S={self.seq_len}" if self.phase == "prefill" else f"C={self.context}"
         graph = " graph" if self.execution == "graph" else ""
         return f"{name} s={self.sparsity:g} {self.phase}{graph} B={self.batch} {shape}"
 
     @property
     def model_key(self) -> tuple:
-        return (self.spec, self.method, self.sparsity, self.granularity, self.reference, self.op_graph)
+        return (self.spec, self.method, self.sparsity, self.granularity, self.reference, self.op_graph, self.weights,
+                self.group_size)
 
     def options(self) -> PruneOptions:
         # HF eager decode appends to a DynamicCache (a copy per layer); the reference decoder
@@ -78,7 +87,7 @@ class Config:
         # predicted with its own discipline.
         kv = "preallocated" if self.backend == "reference" or self.execution == "graph" else "concat"
         return PruneOptions(granularity=self.granularity, kv_cache=kv, execution=self.execution,
-                            op_graph=self.op_graph)
+                            op_graph=self.op_graph, weights=self.weights, group_size=self.group_size)
 
 
 def _points(spec: ModelSpec, method: str, sparsity: float, phase: str,
@@ -110,7 +119,9 @@ def _suite_cpu(suite: str) -> list[Config]:
                 + _points(m, "dynamic-depth", 0.5, "prefill", pre) + _points(m, "dynamic-depth", 0.5, "decode", dec)
                 + _points(m, "sparse-attention", 0.5, "prefill", [(1, 512)])
                 + _points(m, "sparse-attention", 0.75, "decode", [(4, 2048)])
-                + _points(m, "dynamic-width", 0.5, "prefill", pre))
+                + _points(m, "dynamic-width", 0.5, "prefill", pre)
+                + _points(m, "dense", 0.0, "decode", dec, weights="int8")
+                + _points(m, "static-depth", 0.5, "decode", dec, weights="int4"))
         return cfgs
     pre, dec = [(1, 128), (1, 512), (4, 256)], [(1, 1024), (8, 512), (4, 2048)]
     cfgs = []
@@ -124,7 +135,17 @@ def _suite_cpu(suite: str) -> list[Config]:
     # fewer KV heads (K, V and the cache shrink too).
     cfgs += (_points(m, "static-width", 0.5, "prefill", pre, variant="study")
              + _points(m, "static-width", 0.5, "decode", dec, variant="study"))
+    # Quantized weights: int8 and int4 weight-only linears (torch's packed kernels), decode and a
+    # short prompt (their CPU kernels run many times slower than fp32 GEMMs once M grows).
+    for (method, s), w in itertools.product(QUANTIZED_FAMILIES, ("int8", "int4")):
+        cfgs += (_points(m, method, s, "prefill", [(1, 128)], weights=w)
+                 + _points(m, method, s, "decode", [(1, 1024), (8, 512)], weights=w))
     return cfgs
+
+
+#: (method, sparsity) validated with quantized weights.
+QUANTIZED_FAMILIES: tuple[tuple[str, float], ...] = (
+    ("dense", 0.0), ("static-depth", 0.5), ("static-width", 0.5), ("low-rank", 0.5))
 
 
 def _suite_gpu(suite: str) -> list[Config]:
@@ -149,7 +170,14 @@ def _suite_gpu(suite: str) -> list[Config]:
     cfgs = []
     for method, s, kw in _FULL_FAMILIES + [("semi-structured", 0.5, {})]:
         cfgs += _points(m, method, s, "prefill", pre, **kw) + _points(m, method, s, "decode", dec, **kw)
+    for (method, s), w in itertools.product(QUANTIZED_FAMILIES[:2], GPU_WEIGHTS):
+        cfgs += (_points(m, method, s, "prefill", [(1, 2048)], weights=w)
+                 + _points(m, method, s, "decode", [(1, 4096), (64, 4096)], weights=w))
     return cfgs
+
+
+#: Quantized weight formats of the GPU suites (fp8 needs sm89+; elsewhere its rows are skipped).
+GPU_WEIGHTS: tuple[str, ...] = ("fp8", "int8", "int4")
 
 
 #: (method, sparsity, Config options) of the full suites.
@@ -181,6 +209,8 @@ def _suite_graph(suite: str) -> list[Config]:
     pre, dec = [(8, 1024)], [(1, 4096), (32, 32768)]
     for method, s, kw in GRAPH_FAMILIES:
         cfgs += _points(m, method, s, "prefill", pre, **g, **kw) + _points(m, method, s, "decode", dec, **g, **kw)
+    for (method, s), w in itertools.product(QUANTIZED_FAMILIES[:2], GPU_WEIGHTS):
+        cfgs += _points(m, method, s, "prefill", pre, weights=w, **g) + _points(m, method, s, "decode", dec, weights=w, **g)
     return cfgs
 
 
@@ -202,6 +232,19 @@ def suite_configs(suite: str, device_kind: str, execution: str = "eager") -> lis
             raise PisError("graph execution replays CUDA graphs: it needs a CUDA device (--execution eager)")
         return _suite_graph(suite)
     return _suite_gpu(suite) if device_kind == "cuda" else _suite_cpu(suite)
+
+
+def with_weights(configs: Iterable[Config], formats: Iterable[str]) -> list[Config]:
+    """The suite's native configurations once per weight format of ``formats`` (``pis-validate
+    --weights``); quantized formats take the Hugging Face families only (the reference decoder
+    runs native weights)."""
+    out: dict[str, Config] = {}
+    for w in formats:
+        for c in configs:
+            if c.weights == "native" and (w == "native" or c.backend == "hf"):
+                q = replace(c, weights=w)
+                out.setdefault(q.label, q)
+    return list(out.values())
 
 
 def suite_models(configs: Iterable[Config]) -> list[ModelSpec]:

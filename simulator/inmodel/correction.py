@@ -68,16 +68,16 @@ class Terms:
     def latency_us(self, sums: OpSums) -> np.ndarray:
         """In-model latency (µs) of each design point whose op sums are ``sums``."""
         op_sum = np.asarray(sums.op_sum_us, dtype=np.float64)
-        head = np.asarray(sums.head_us, dtype=np.float64)
+        outside = np.asarray(sums.outside_us, dtype=np.float64)
         if self.graph_replay is not None:
-            return self.graph_replay.latency_us(op_sum, sums.calls, head)
+            return self.graph_replay.latency_us(op_sum, sums.calls, outside)
         if self.host_issue is not None:
             return self.host_issue.latency_us(np.asarray(sums.dispatches), op_sum,
                                               np.asarray(sums.glue_dispatches, dtype=np.float64),
-                                              self.host_glue_us_per_dispatch, head)
+                                              self.host_glue_us_per_dispatch, outside)
         if self.gemm_factor is None:
             return op_sum
-        out = scaled(self.gemm_factor, self.other_factor, op_sum, np.asarray(sums.gemm_us, dtype=np.float64), head)
+        out = scaled(self.gemm_factor, self.other_factor, op_sum, np.asarray(sums.gemm_us, dtype=np.float64), outside)
         out = out + self.glue_us_per_dispatch * np.asarray(sums.glue_dispatches, dtype=np.float64)
         if self.first_touch is not None:
             out = out + self.first_touch.cost_us(sums.fresh_bytes)

@@ -36,10 +36,11 @@ OTHER_RATIO_BOUNDS: tuple[float, float] = (0.5, 5.0)
 
 
 def scaled(f_gemm: np.ndarray, f_other: np.ndarray, op_sum: "np.ndarray | float", gemm: "np.ndarray | float",
-           head: "np.ndarray | float" = 0.0) -> np.ndarray:
-    """The factors applied to an op sum: ``f_gemm`` on its GEMMs, ``f_other`` on the rest, its LM
-    head (part of both sums) unscaled; exactly the one-factor law where the two are equal."""
-    return f_other * (op_sum - head) + (f_gemm - f_other) * (gemm - head) + head
+           outside: "np.ndarray | float" = 0.0) -> np.ndarray:
+    """The factors applied to an op sum: ``f_gemm`` on its GEMMs, ``f_other`` on the rest, the
+    GEMMs no whole-decoder row holds (``outside``: the LM head, quantized GEMMs; part of both
+    sums) unscaled; exactly the one-factor law where the two are equal."""
+    return f_other * (op_sum - outside) + (f_gemm - f_other) * (gemm - outside) + outside
 
 
 def _features(axes: np.ndarray, routed: bool) -> np.ndarray:

@@ -32,11 +32,11 @@ class GraphReplay:
     #: rows it was fitted to
     rows: int
 
-    def latency_us(self, op_sum_us: np.ndarray, kernels: np.ndarray, head_us: "np.ndarray | float" = 0.0) -> np.ndarray:
-        """Step time of ``kernels`` kernels whose ops sum to ``op_sum_us`` (``head_us`` of it the LM
-        head, which no row holds: unscaled)."""
-        head = np.asarray(head_us, dtype=np.float64)
-        return self.factor * (np.asarray(op_sum_us) - head) + head + self.us_per_kernel * np.asarray(kernels)
+    def latency_us(self, op_sum_us: np.ndarray, kernels: np.ndarray, outside_us: "np.ndarray | float" = 0.0) -> np.ndarray:
+        """Step time of ``kernels`` kernels whose ops sum to ``op_sum_us`` (``outside_us`` of it ops
+        no row holds, the LM head and quantized GEMMs: unscaled)."""
+        outside = np.asarray(outside_us, dtype=np.float64)
+        return self.factor * (np.asarray(op_sum_us) - outside) + outside + self.us_per_kernel * np.asarray(kernels)
 
 
 def fit_graph_replay(rows: list[DecoderRow]) -> dict[str, GraphReplay]:

@@ -57,14 +57,14 @@ class HostIssue:
     rows: int
 
     def latency_us(self, dispatches: np.ndarray, op_sum_us: np.ndarray, glue_dispatches: "np.ndarray | float" = 0.0,
-                   glue_us_per_dispatch: float | None = None, head_us: "np.ndarray | float" = 0.0) -> np.ndarray:
-        """Step time of ``dispatches`` over ``op_sum_us`` of kernels (``head_us`` of them the LM
-        head's); the ``glue_dispatches`` among them cost ``glue_us_per_dispatch`` each where the
+                   glue_us_per_dispatch: float | None = None, outside_us: "np.ndarray | float" = 0.0) -> np.ndarray:
+        """Step time of ``dispatches`` over ``op_sum_us`` of kernels (``outside_us`` of them ops no
+        whole-decoder row holds: the LM head's, quantized GEMMs'); the ``glue_dispatches`` among them cost ``glue_us_per_dispatch`` each where the
         profile measured it (the rows the fit saw have no loop glue), else the fitted cost."""
         per_glue = self.us_per_dispatch if glue_us_per_dispatch is None else glue_us_per_dispatch
         host = self.us_per_dispatch * (dispatches - glue_dispatches) + per_glue * glue_dispatches
-        # The fit never saw an LM head (whole-decoder rows have none): its kernel is unscaled.
-        return combine(host, self.device_factor * (op_sum_us - head_us) + head_us, self.p)
+        # The fit never saw an LM head or a quantized GEMM (whole-decoder rows have none): unscaled.
+        return combine(host, self.device_factor * (op_sum_us - outside_us) + outside_us, self.p)
 
 
 def _fit_one(rows: list[DecoderRow], p: float) -> tuple[HostIssue, float]:

@@ -41,7 +41,7 @@ def test_cpu_profile_splits_gemms_from_other_ops_and_prices_the_framework():
     pts = Points.make("decode", np.array([4]), np.array([1]), np.array([1024]), 0.0)
     sums = evaluate(sim.estimator, build_ops("dense", spec, pts, PruneOptions()), 1)
     head = sim.estimator.predict("gemm", {"m": 4, "n": spec.vocab, "k": spec.hidden}).time_us
-    assert np.allclose(sums.head_us, head) and 0 < head < sums.op_sum_us[0]
+    assert np.allclose(sums.outside_us, head) and 0 < head < sums.op_sum_us[0]
     got = correction.terms(spec, pts).latency_us(sums)
     # The profile timed the Hugging Face decoder at two FFN widths: GEMMs and other ops have
     # factors of their own, and it timed decoder_framework rows: a framework cost per dispatch.
