@@ -32,6 +32,8 @@ DISTURBED = 0.10
 #: The machine is too noisy for pis's accuracy goals when checks differ by more than this from
 #: one to the next (median), or drift over more than :data:`DRIFT_BOUND` of the reference.
 NOISE_BOUND, DRIFT_BOUND = 0.03, 0.15
+#: Fewer checks than this (a run of a minute or less) give no verdict on the machine's noise.
+MIN_CHECKS = 3
 
 
 def anchor_points(points: Sequence[Point], dtype: str) -> list[Point]:
@@ -148,7 +150,9 @@ class Anchors:
 def too_noisy(summary: dict[str, Any]) -> str | None:
     """One line of warning when the machine was too noisy for pis's accuracy goals, else None."""
     noise, drift = summary.get("noise_pct"), summary.get("drift_pct")
-    if noise is None or drift is None or (noise <= 100 * NOISE_BOUND and drift <= 100 * DRIFT_BOUND):
+    if len(summary.get("checks", [])) < MIN_CHECKS or noise is None or drift is None:
+        return None
+    if noise <= 100 * NOISE_BOUND and drift <= 100 * DRIFT_BOUND:
         return None
     return (f"warning: this machine's speed wandered during calibration (anchors moved {noise:.1f} % from "
             f"check to check, {drift:.1f} % over the run): predictions from this profile cannot be held to "

@@ -736,9 +736,11 @@ def test_passes_that_keep_disagreeing_leave_their_row_out(tmp_path, monkeypatch)
 def test_too_noisy_a_machine_is_one_line_of_warning():
     from pis.calibrate.anchors import too_noisy
 
-    assert too_noisy({"noise_pct": 1.0, "drift_pct": 5.0}) is None
-    line = too_noisy({"noise_pct": 6.0, "drift_pct": 40.0})
+    checks = [[0, 20.0 * i, 1.0] for i in range(4)]
+    assert too_noisy({"noise_pct": 1.0, "drift_pct": 5.0, "checks": checks}) is None
+    line = too_noisy({"noise_pct": 6.0, "drift_pct": 40.0, "checks": checks})
     assert line.startswith("warning:") and "\n" not in line and "8 %" in line
+    assert too_noisy({"noise_pct": 6.0, "drift_pct": 40.0, "checks": checks[:2]}) is None  # too short a run
 
 
 def test_profile_info_shows_the_machine_noise(tmp_path):

@@ -49,7 +49,7 @@ def _hf_config_json(spec: ModelSpec) -> dict:
 
 
 def calibrate_profile(device: str, specs: list[ModelSpec], workdir: Path,
-                      threads: int | None = None) -> Path:
+                      threads: int | None = None, dtype: str | None = None) -> Path:
     """Run the quick `pis-calibrate` grid on ``device`` in-process; return the profile path.
 
     The suite's model shape is written as a config.json and passed as ``--model`` so that
@@ -66,7 +66,7 @@ def calibrate_profile(device: str, specs: list[ModelSpec], workdir: Path,
     out = workdir / "calibrated.parquet"
     click.echo(f"calibrating {device} (quick grid, --model {spec.name}) ...", err=True)
     calibrate(RunOptions(out=out, device=device, grid="quick", model=str(folder / "config.json"),
-                         threads=threads))
+                         threads=threads, dtype=dtype))
     return out
 
 
@@ -117,6 +117,9 @@ def _write_csv(report, path: Path) -> None:
                    "suites include quantized rows.")
 @click.option("--group-size", type=click.IntRange(1, 65536), default=128, show_default=True,
               help="int4 weights per scale and zero along K.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Element type of the models. Default: the profile's (with --calibrate: bf16 on CUDA, fp32 "
+                   "on a CPU).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
 @click.option("--drift/--no-drift", default=True, show_default=True,
@@ -126,7 +129,7 @@ def _write_csv(report, path: Path) -> None:
 @handle_errors
 def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: str | None,
         force: bool, allow_roofline: bool, rounds: int, execution: str, weights: str | None, group_size: int,
-        threads: int | None, drift: bool) -> None:
+        dtype: str | None, threads: int | None, drift: bool) -> None:
     """Measure real pruned models (random weights) and report the simulator's error.
 
     Prefill = one forward of batch x seq (TTFT); decode = one step with a KV cache of the
@@ -162,11 +165,11 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
         configs = with_weights(configs, [weight_format(w) for w in split_list(weights, "--weights", str)])
     if group_size != 128:
         configs = [replace(c, group_size=group_size) for c in configs]
-    dtype = default_dtype(dev.type)
     with tempfile.TemporaryDirectory(prefix="pis-validate-") as tmp:
-        path = calibrate_profile(device, suite_models(configs), Path(tmp), threads) if do_calibrate \
+        path = calibrate_profile(device, suite_models(configs), Path(tmp), threads, dtype) if do_calibrate \
             else profile
         sim = Simulator(path, allow_roofline=allow_roofline)
+    dtype = dtype or (sim.estimator.dtype if sim.estimator.dtype in ("bf16", "fp16", "fp32") else default_dtype(dev.type))
     warnings = check_profile_matches(sim.estimator, dev, dtype)
 
     def progress(desc):

@@ -162,14 +162,25 @@ def format_speedup(report: pd.DataFrame) -> str | None:
             f"median |error| {speed.median():.1f} %, max {speed.max():.1f} %")
 
 
+#: A round whose machine drift exceeds this (|%|) leaves the absolute errors meaningless: the
+#: machine itself ran that far from the state the profile describes.
+DRIFT_TOO_LARGE_PCT = 15.0
+
+
 def format_drift(drifts: list, report: pd.DataFrame) -> str:
-    """The machine's drift per round and the errors with it taken out (a diagnostic)."""
+    """The machine's drift per round and the errors with it taken out (a diagnostic), and one more
+    line when a round drifted past :data:`DRIFT_TOO_LARGE_PCT`."""
     per_round = ", ".join(f"{d.median_pct:+.1f} %" for d in drifts)
     ok = report[report["status"] == "ok"]["drift_adjusted_error_pct"].abs().dropna()
     line = (f"machine drift vs the profile (median of {drifts[0].points} re-measured profile points, "
             f"per round): {per_round}")
     if len(ok):
         line += f"; errors with the drift taken out: median |error| {ok.median():.1f} %, max {ok.max():.1f} %"
+    worst = max((abs(d.median_pct) for d in drifts), default=0.0)
+    if worst > DRIFT_TOO_LARGE_PCT:
+        line += (f"\nwarning: the machine ran {worst:.0f} % away from the state its profile describes: the "
+                 "absolute errors above say little about pis here (judge it by the drift-adjusted errors and "
+                 "the speedups, ratios measured back to back)")
     return line
 
 
