@@ -132,16 +132,18 @@ class Anchors:
 
     def summary(self, remeasured: int = 0, noisy_rows: int = 0) -> dict[str, Any]:
         """What the profile keeps (``machine_noise``): the checks and their basis, and the noise
-        (median change of state from one check to the next, %) and drift (range of the states
-        over the reference, %) they show."""
+        (median change of state from one check to the next, %) and drift (the range the states
+        keep to, their 5th to 95th percentile, over the reference, %: a check caught in a stall
+        of a second says nothing of the run) they show."""
         states = np.array([s for _, _, s in self.checks])
         ref = self.reference()
         steps = np.abs(np.diff(states) / states[:-1]) if len(states) > 1 else np.zeros(0)
+        spread = float(np.percentile(states, 95) - np.percentile(states, 5)) if len(states) else 0.0
         return {
             "anchors": [_name(p) for p in self.points], "basis": self.basis,
             "checks": [list(c) for c in self.checks],
             "noise_pct": round(100.0 * float(np.median(steps)), 2) if len(steps) else None,
-            "drift_pct": round(100.0 * float(np.ptp(states)) / ref, 2) if len(states) else None,
+            "drift_pct": round(100.0 * spread / ref, 2) if len(states) else None,
             "disturbed_checks": len(self.disturbed_checks()), "remeasured_rows": remeasured,
             "noisy_decoder_rows": noisy_rows,
         }

@@ -733,6 +733,16 @@ def test_passes_that_keep_disagreeing_leave_their_row_out(tmp_path, monkeypatch)
     assert prof.meta["machine_noise"]["noisy_decoder_rows"] == len(dec)
 
 
+def test_one_stalled_check_does_not_make_a_run_drift():
+    from pis.calibrate.anchors import Anchors
+
+    checks = [(0, 20.0 * i, 1.0 + 0.01 * (i % 3)) for i in range(60)]
+    checks[30] = (0, 600.0, 80.0)  # a check caught in a stall of a second
+    a = Anchors(points=[], measure=lambda p: {}, checks=checks)
+    s = a.summary()
+    assert s["drift_pct"] < 5 and s["noise_pct"] < 5
+
+
 def test_too_noisy_a_machine_is_one_line_of_warning():
     from pis.calibrate.anchors import too_noisy
 
