@@ -294,3 +294,26 @@ def test_validate_warns_about_suspicious_rows(synthetic, tmp_path):
     write_profile(Profile(rows, synthetic.profile.meta), path)
     res = CliRunner().invoke(main, ["validate", str(path)])
     assert res.exit_code == 0 and "1 measured row(s) are over 3x slower" in res.output
+
+
+def test_info_marks_a_profile_older_than_this_pis(synthetic, tmp_path):
+    from pis.profiles.cli import staleness
+    from pis.profiles.store import Profile
+
+    assert staleness(synthetic.profile) is None  # written at the current schema
+    old = Profile(rows=synthetic.profile.rows, meta={**synthetic.profile.meta, "schema_version": 2})
+    line = staleness(old)
+    assert line.startswith("stale: schema v2") and "gemm_w8" in line and "\n" not in line
+    assert "gemm_fp8" not in line  # a CUDA-only op is no gap in a CPU profile
+
+
+def test_written_profiles_are_readable_under_the_umask(synthetic, tmp_path):
+    """A profile is written through a private temporary file; the result gets the usual mode."""
+    import os
+    path = tmp_path / "p.parquet"
+    old = os.umask(0o022)
+    try:
+        write_profile(synthetic.profile, path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
