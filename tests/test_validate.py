@@ -84,6 +84,18 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
     np.testing.assert_allclose(df["drift_adjusted_error_pct"],
                                (1.25 * df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100, rtol=1e-9)
     assert "machine drift vs the profile" in res.output and "+25.0 %" in res.output
+    assert "warning: the machine ran 25 % away" in res.output  # too far for absolute errors to mean much
+    assert "threads, fp32)" in res.output and (df["dtype"] == "fp32").all()  # the report names threads and dtype
+
+
+def test_small_drift_is_reported_without_a_warning():
+    from pis.validate.drift import Drift
+    from pis.validate.report import format_drift
+
+    rep = pd.DataFrame({"status": ["ok"], "drift_adjusted_error_pct": [3.0]})
+    calm = format_drift([Drift(4.0, 12, ()), Drift(-6.0, 12, ())], rep)
+    assert "+4.0 %, -6.0 %" in calm and "warning" not in calm
+    assert "warning" in format_drift([Drift(4.0, 12, ()), Drift(-30.0, 12, ())], rep)
 
 
 def test_profile_without_probe_points_validates_without_drift(synthetic_file, tmp_path, monkeypatch):

@@ -118,8 +118,8 @@ def _write_csv(report, path: Path) -> None:
 @click.option("--group-size", type=click.IntRange(1, 65536), default=128, show_default=True,
               help="int4 weights per scale and zero along K.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
-              help="Element type of the models. Default: the profile's (with --calibrate: bf16 on CUDA, fp32 "
-                   "on a CPU).")
+              help="Element type of the models (and of --calibrate's profile). Default: bf16 on CUDA, fp32 on "
+                   "a CPU; a profile of another dtype gets a warning.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for torch (default: torch's choice; match the calibration).")
 @click.option("--drift/--no-drift", default=True, show_default=True,
@@ -169,7 +169,7 @@ def run(device: str, profile: str | None, do_calibrate: bool, suite: str, out: s
         path = calibrate_profile(device, suite_models(configs), Path(tmp), threads, dtype) if do_calibrate \
             else profile
         sim = Simulator(path, allow_roofline=allow_roofline)
-    dtype = dtype or (sim.estimator.dtype if sim.estimator.dtype in ("bf16", "fp16", "fp32") else default_dtype(dev.type))
+    dtype = dtype or default_dtype(dev.type)
     warnings = check_profile_matches(sim.estimator, dev, dtype)
 
     def progress(desc):
