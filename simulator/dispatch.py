@@ -21,10 +21,13 @@ GLUE_OP = "glue"
 #: the attention's own glue (q/k/v views and transposes, the output's transpose and reshape,
 #: cos/sin unsqueeze) rides on the attention; ``rmsnorm`` is HF's unfused LlamaRMSNorm (two
 #: casts, pow, mean, add, rsqrt, two muls); a ``rope`` call rotates q or k (two slices, neg, cat,
-#: two muls, add).
+#: two muls, add). A quantized linear (:class:`pis.executors.quantized.QuantLinear`) flattens x,
+#: calls its kernel and reshapes back; fp8 also scales and casts x per token (abs, amax, float,
+#: clamp, two divisions, the cast) before ``_scaled_mm``.
 DISPATCHES_PER_CALL: dict[str, float] = {
     "gemm": 1, "gemm_2to4": 1, "attn_prefill": 11, "attn_decode": 11, "rope": 7, "rmsnorm": 8,
     "silu_mul": 2, "add": 1, "gather": 1, "scatter_add": 1, "kv_concat": 1, "topk": 1, GLUE_OP: 0,
+    "gemm_w8": 3, "gemm_w4": 3, "gemm_fp8": 10,
 }
 
 #: Dispatches of one forward pass outside the op graph's groups: the rotary cos/sin tables, the
