@@ -115,7 +115,7 @@ def _half_steps(lo: int, hi: int) -> tuple[int, ...]:
 
 _GPU_SMALL_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
 #: Query heads per K/V head of the CPU grids' attention. A CPU profile interpolates grouped-query
-#: attention apart from the rest (simulator/estimator.py, GROUPED), so the ratio 2 that static
+#: attention apart from the rest (simulator/opmodel.py, GROUPED), so the ratio 2 that static
 #: width makes of the common 4 (16/4 heads pruned to 8/4) needs rows of its own: without them,
 #: 8/4 lies outside the grouped rows and is extrapolated from ratios 4 and 8.
 CPU_GQA_RATIOS: tuple[int, ...] = (1, 2, 4, 8)

@@ -23,12 +23,10 @@ SOURCE_NAMES: tuple[str, ...] = ("exact", "interp", "roofline")
 #: Attention is interpolated separately for each value of these columns.
 PARTITION_COLUMNS: tuple[str, ...] = ("head_dim", "causal")
 #: ...and, on a CPU, separately for grouped-query shapes (heads > kv_heads) and the rest: there
-#: SDPA with ``enable_gqa`` takes another path when query heads share K/V heads (on the 2-core
-#: VM 8 query heads over 4 K/V heads cost 146 µs at batch 1, context 1024, against 59 µs over 8
-#: and 101 µs over 2), so interpolating across the boundary was off by 2x (the geometric middle
-#: of 4/4 and 16/4 priced 8/4 at 67 µs). CUDA kernels read shared K/V heads natively; there the
-#: split only takes neighbours away (leave-one-pair-out error on the H100 profile: median 4.8 %
-#: without, 6.7 % with; benchmarks/attention_pairs_loo.py). Name of that derived key.
+#: SDPA with ``enable_gqa`` takes another path when query heads share K/V heads, whose cost does
+#: not lie between the ungrouped shapes', so interpolation across the boundary misprices it. CUDA
+#: kernels read shared K/V heads natively; there the split only takes neighbours away (measured
+#: with benchmarks/experiments/attention_pairs_loo.py; docs/model.md). Name of that derived key.
 GROUPED: str = "grouped"
 #: How far a partition of the other regime counts when a query's own has no rows (between
 #: causal's 100 and head_dim's log distance: the same regime at another head_dim is preferred).
