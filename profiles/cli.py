@@ -56,7 +56,7 @@ def info(file: str, fmt: str) -> None:
         click.echo(_dumps({"file": file, "meta": profile.meta, "rows": len(profile.rows),
                            "coverage": coverage, "simulator_peaks": peaks, "problems": problems,
                            "in_model_factors": factors, "framework": framework, "gemm_split": splits,
-                           "fresh_alloc": fresh}))
+                           "fresh_alloc": fresh, "stale": staleness(profile)}))
         return
     click.echo(f"profile: {file}  ({len(profile.rows)} rows)")
     ordered = [k for k in META_REQUIRED if k in profile.meta] + sorted(set(profile.meta) - set(META_REQUIRED))
@@ -90,8 +90,29 @@ def info(file: str, fmt: str) -> None:
         click.echo("\nhost-issue model of eager GPU steps (latency = combine(us_per_dispatch x dispatches, "
                    "device_factor x op sum, p); see docs/model.md):")
         click.echo(tabulate(hosts, headers="keys", floatfmt=".3f"))
+    stale = staleness(profile)
+    if stale:
+        click.echo(f"\n{stale}")
     if problems:
         click.echo(f"\n{len(problems)} problem(s); run `pis-profile validate {file}`")
+
+
+def staleness(profile: Profile) -> str | None:
+    """One line when the profile predates this pis: its schema version, and the ops this pis
+    prices that it never measured (nor skipped), which predictions then answer by stand-ins or
+    roofline, flagged; None for a current profile."""
+    version = int(profile.meta.get("schema_version", 1))
+    if version >= SCHEMA_VERSION:
+        return None
+    rows = profile.rows
+    seen = set(rows["op"].astype(str)) if len(rows) else set()
+    cuda = str(profile.meta.get("device_kind", "")) in ("cuda", "gpu")
+    missing = [op for op, kind in OPS.items() if op not in seen and (cuda or not kind.cuda_only)]
+    line = f"stale: schema v{version}, older than this pis's v{SCHEMA_VERSION}"
+    if missing:
+        line += (f"; never measured: {', '.join(missing)} (priced by stand-ins or roofline, flagged; "
+                 "recalibrate, or add them with `pis-calibrate --only` and `pis-profile merge`)")
+    return line
 
 
 def _in_model(profile: Profile) -> tuple[Any, ...]:
