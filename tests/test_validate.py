@@ -87,6 +87,20 @@ def test_tiny_suite_end_to_end(synthetic_file, tmp_path, monkeypatch):
     assert "warning: the machine ran 25 % away" in res.output  # too far for absolute errors to mean much
     assert "threads, fp32)" in res.output and (df["dtype"] == "fp32").all()  # the report names threads and dtype
 
+    # Rescoring keeps the measurements and predicts again: with the same profile, the same predictions.
+    # An older report has no suite column (its suite is the one holding its labels), and a label no
+    # suite has is left out with a note.
+    old = df.drop(columns=["suite"])
+    stray = old.iloc[[0]].assign(config="no such configuration")
+    old = pd.concat([old, stray], ignore_index=True)
+    old.to_csv(tmp_path / "old.csv", index=False)
+    res = _run("rescore", str(tmp_path / "old.csv"), "--profile", synthetic_file, "--out", str(tmp_path / "re.csv"))
+    assert res.exit_code == 0, res.output
+    re = pd.read_csv(tmp_path / "re.csv").set_index("config")
+    np.testing.assert_allclose(re.loc[df["config"], "predicted_ms"], df["predicted_ms"], rtol=1e-6)
+    np.testing.assert_allclose(re.loc[df["config"], "measured_ms"], df["measured_ms"])
+    assert "1 measured rows" in res.stderr and "tiny suite" in res.stderr
+
 
 def test_small_drift_is_reported_without_a_warning():
     from pis.validate.drift import Drift

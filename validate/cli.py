@@ -243,6 +243,10 @@ def rescore(report: str, profile: str, suite: str | None, device: str | None, ex
     click.echo(format_summary(summarize_report(rescored)))
     err = rescored["error_pct"].abs()
     click.echo(f"\n{len(rescored)} configurations: median |error| {err.median():.1f} %, max {err.max():.1f} %")
+    if rescored.attrs.get("unmatched"):
+        click.echo(f"note: {rescored.attrs['unmatched']} measured rows of {report} match no configuration of the "
+                   f"{rescored.attrs['suite']} suite and are left out (--suite names the suite the report ran)",
+                   err=True)
     speed = format_speedup(rescored)
     if speed:
         click.echo(speed)

@@ -8,6 +8,8 @@ measurements taken earlier, on a machine with no GPU.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -16,7 +18,7 @@ from pis.pruned import WEIGHT_FORMATS
 from pis.simulator.api import Simulator
 from pis.validate.report import SPEEDUP_KEY, error_pct, with_drift, with_speedups
 from pis.validate.run import predict
-from pis.validate.suites import suite_configs, with_weights
+from pis.validate.suites import SUITES, suite_configs, with_weights
 
 
 def read_report(path: str) -> pd.DataFrame:
@@ -35,17 +37,21 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
                    execution: str | None = None) -> pd.DataFrame:
     """The report at ``path`` with every measured configuration predicted again from ``profile``.
 
-    ``suite`` and ``device_kind`` default to the report's own ``suite`` and ``device`` columns
-    (older reports lack a suite: quick)."""
+    ``suite``, ``device_kind`` and ``execution`` default to the report's own columns; a report
+    without a ``suite`` column (an older one) is matched against the suite that holds most of
+    its labels. ``df.attrs["unmatched"]`` counts the measured rows no configuration matched."""
     df = read_report(path)
-    if suite is None:
-        suite = str(df["suite"].iloc[0]) if "suite" in df and len(df) else "quick"
     if device_kind is None:
         device_kind = "cuda" if "device" in df and str(df["device"].iloc[0]).startswith("cuda") else "cpu"
     if execution is None:
         execution = str(df["execution"].iloc[0]) if "execution" in df and len(df) else "eager"
-    suite_cfgs = suite_configs(suite, device_kind, execution)
-    configs = {c.label: c for c in suite_cfgs + with_weights(suite_cfgs, WEIGHT_FORMATS)}
+    if suite is None and "suite" in df and len(df):
+        suite = str(df["suite"].iloc[0])
+    candidates = [suite] if suite is not None else list(SUITES)
+    labels = set(df["config"].astype(str))
+    configs_of = {s: _configs(s, device_kind, execution) for s in candidates}
+    suite = max(candidates, key=lambda s: len(labels & set(configs_of[s])))
+    configs = configs_of[suite]
     sim = Simulator(profile)
     rows = []
     for r in df.itertuples():
@@ -62,4 +68,13 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
     if not rows:
         raise PisError(f"no configuration of {path} belongs to the {suite} suite on {device_kind}")
     out = pd.DataFrame(rows)
-    return with_speedups(with_drift(out, out["machine_drift_pct"].to_numpy(dtype=float)))
+    out = with_speedups(with_drift(out, out["machine_drift_pct"].to_numpy(dtype=float)))
+    measured = int(np.isfinite(df["measured_ms"].to_numpy(dtype=float)).sum())
+    out.attrs.update(suite=suite, unmatched=measured - len(rows))
+    return out
+
+
+def _configs(suite: str, device_kind: str, execution: str) -> dict[str, Any]:
+    """Label -> configuration of ``suite``, with every weight format's copy."""
+    cfgs = suite_configs(suite, device_kind, execution)
+    return {c.label: c for c in cfgs + with_weights(cfgs, WEIGHT_FORMATS)}
