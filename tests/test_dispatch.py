@@ -117,6 +117,26 @@ def test_hugging_face_dense_counts(phase):
     assert _simulated("dense", 0.0, phase, False) == pytest.approx(_counted("dense", 0.0, phase, False), rel=0.1)
 
 
+@pytest.mark.parametrize("weights", [
+    "int8", "int4",
+    pytest.param("fp8", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+])
+def test_quantized_linear_dispatches_match_the_table(weights):
+    from pis.executors.quantized import QuantLinear
+    from pis.simulator.dispatch import DISPATCHES_PER_CALL
+    from pis.profiles.schema import QUANTIZED_GEMM
+
+    device = torch.device("cuda" if weights == "fp8" else "cpu")
+    dtype = torch.bfloat16 if weights == "fp8" else torch.float32
+    layer = QuantLinear(torch.nn.Linear(256, 512, bias=False).to(device, dtype), weights, group_size=128)
+    x = torch.randn(2, 3, 256, device=device, dtype=dtype)
+    with torch.inference_mode():
+        layer(x)  # first call's setup excluded
+        with _Count() as count:
+            layer(x)
+    assert count.n == DISPATCHES_PER_CALL[QUANTIZED_GEMM[weights]]
+
+
 # --- the host-issue model and loop glue in the in-model correction ---------------------------------
 
 def test_cpu_glue_adds_its_measured_host_time(make_synthetic):
