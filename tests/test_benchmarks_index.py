@@ -51,7 +51,7 @@ def test_rows_from_the_file_name(results_index, results: Path) -> None:
     (row,) = results_index.folder_rows(results / "archive")
     assert row == {"file": "`validate_h100_quick_2026-11-26_fresh_run18.csv`", "date": "2026-11-26",
                    "device": "h100", "suite": "quick", "commit": "not recorded",
-                   "profile sha256": "not recorded", "what": "blind quick suite, run 18, first-touch cost"}
+                   "profile sha256": "not recorded", "what": "blind quick suite, run #18, first-touch cost"}
 
 
 def test_index_has_one_table_per_folder(results_index, results: Path) -> None:
@@ -62,7 +62,7 @@ def test_index_has_one_table_per_folder(results_index, results: Path) -> None:
     assert ("| `validate_cpu_full_2026-12-01.csv` | 2026-12-01 | Test CPU, 2 threads | full | "
             f"{COMMIT[:12]}+dirty | {SHA[:16]} | full suite, as measured |") in current
     assert ("| `validate_h100_quick_2026-11-26_fresh_run18.csv` | 2026-11-26 | h100 | quick | not recorded | "
-            "not recorded | blind quick suite, run 18, first-touch cost |") in archive
+            "not recorded | blind quick suite, run #18, first-touch cost |") in archive
 
 
 def test_empty_folder_says_so(results_index, tmp_path: Path) -> None:

@@ -49,19 +49,19 @@ SUFFIXES: tuple[tuple[str, str], ...] = (
     (r"r3", "{suite} suite, three rounds"),
     (r"r3b", "{suite} suite, three rounds on a fresh calibration"),
     (r"r3b_glue", "the r3b {suite} suite rescored with loop glue priced"),
-    (r"routed", "{suite} suite, run 1, routed decoders' own factors"),
-    (r"routed_run(?P<n>\d+)", "{suite} suite, run {n}, routed decoders' own factors"),
-    (r"routed_framework", "{suite} suite, run 1, rescored with framework rows"),
-    (r"routed_run(?P<n>\d+)_framework", "{suite} suite, run {n}, rescored with framework rows"),
-    (r"routed_without", "{suite} suite, run 1, rescored without the routed rows"),
-    (r"framework_run(?P<n>\d+)", "{suite} suite, run {n}, framework cost priced"),
-    (r"head_run(?P<n>\d+)", "blind {suite} suite, run {n}, LM head unscaled"),
-    (r"passes_run(?P<n>\d+)", "blind {suite} suite, run {n}, three decoder passes"),
-    (r"split_run(?P<n>\d+)", "blind {suite} suite, run {n}, GEMMs and other ops apart"),
-    (r"shipped_run(?P<n>\d+)", "blind {suite} suite, run {n}, on the shipped cpu-2core"),
-    (r"fresh_run(?P<n>\d+)", "blind {suite} suite, run {n}, first-touch cost"),
+    (r"routed", "{suite} suite, run #1, routed decoders' own factors"),
+    (r"routed_run(?P<n>\d+)", "{suite} suite, run #{n}, routed decoders' own factors"),
+    (r"routed_framework", "{suite} suite, run #1, rescored with framework rows"),
+    (r"routed_run(?P<n>\d+)_framework", "{suite} suite, run #{n}, rescored with framework rows"),
+    (r"routed_without", "{suite} suite, run #1, rescored without the routed rows"),
+    (r"framework_run(?P<n>\d+)", "{suite} suite, run #{n}, framework cost priced"),
+    (r"head_run(?P<n>\d+)", "blind {suite} suite, run #{n}, LM head unscaled"),
+    (r"passes_run(?P<n>\d+)", "blind {suite} suite, run #{n}, three decoder passes"),
+    (r"split_run(?P<n>\d+)", "blind {suite} suite, run #{n}, GEMMs and other ops apart"),
+    (r"shipped_run(?P<n>\d+)", "blind {suite} suite, run #{n}, on the shipped cpu-2core"),
+    (r"fresh_run(?P<n>\d+)", "blind {suite} suite, run #{n}, first-touch cost"),
     (r"hostmodel", "{suite} suite rescored with the host-issue model"),
-    (r"run(?P<n>\d+)", "{suite} suite, repeat run {n} (repeat/README.md)"),
+    (r"run(?P<n>\d+)", "{suite} suite, repeat run #{n} (repeat/README.md)"),
 )
 
 #: Outputs of the scripts in benchmarks/experiments/, by name prefix: (words, device, suite) for
@@ -163,7 +163,7 @@ def describe(path: Path, folder: Path) -> dict[str, str]:
 
 def _natural(path: Path, folder: Path) -> tuple:
     """Sort key: the folder's own files before its subfolders', then by name, numbers by value
-    (run 9 before run 10)."""
+    (x9 before x10)."""
     rel = path.relative_to(folder)
     return (len(rel.parts), [(0, int(t), "") if t.isdigit() else (1, 0, t)
                              for t in re.split(r"(\d+)", rel.as_posix()) if t])
