@@ -3,13 +3,13 @@
 The query order follows AIConfigurator's, and every prediction says which path answered it:
 
 1. **exact** (``EXACT``): the shape was measured; its median latency is returned.
-2. **interpolation** (``INTERP``): the shape lies inside the convex hull of measured shapes of
-   the same op (and, for attention, the same ``head_dim`` and ``causal``, and on a CPU the same
-   side of grouped-query attention, :data:`GROUPED`). The estimator
-   interpolates the *log-utilization* ``log(SOL / measured)`` — smoother across shapes than raw
-   time — piecewise-linearly in log-shape space: GEMM/top-k over ``(log m, log n, log k)``,
-   attention over ``log`` of batch, q_len, kv_len, heads, kv_heads (constant ones dropped),
-   memory-bound ops over ``log numel``; latency = SOL / utilization.
+2. **interpolation** (``INTERP``): the shape lies inside the convex hull of measured shapes of the
+   same op (and, for attention, the same ``head_dim`` and ``causal``, and on a CPU the same side of
+   grouped-query attention, :data:`GROUPED`). The estimator interpolates the *log-utilization*
+   ``log(SOL / measured)`` — smoother across shapes than raw time — piecewise-linearly in log-shape
+   space: GEMM/top-k over ``(log m, log n, log k)``, attention over ``log`` of batch, q_len,
+   kv_len, heads, kv_heads (constant ones dropped), memory-bound ops over ``log numel``; latency =
+   SOL / utilization.
 3. **roofline** (``ROOFLINE``): outside the hull, the utilization of the nearest measured shapes
    (distance-weighted k-NN in log-shape space) divides the speed of light; flagged
    ``extrapolated``. An op the profile lacks entirely is an error (:class:`MissingOpError`)
@@ -17,9 +17,8 @@ The query order follows AIConfigurator's, and every prediction says which path a
 
 ``extrapolated`` is also set whenever any shape dimension lies outside the calibrated range.
 
-Speed of light: ``SOL(op, shape) = max(flops / peak_flops, bytes / peak_bandwidth)`` with the
-FLOP and byte counts of :mod:`pis.profiles.schema`, and the peaks from the profile's metadata
-when present, else derived from the profile itself (``peak_source`` says which).
+Speed of light: ``SOL = max(flops / peak_flops, bytes / peak_bandwidth)`` (counts from
+:mod:`pis.profiles.schema`; peaks from the metadata, else derived from the rows: ``peak_source``).
 
 GEMM tile alignment (``tile_align``): GPUs run GEMMs in tiles, so a 4032-wide GEMM costs about
 what a 4096-wide one does. With tile alignment on, a GEMM whose N (or K) was never measured is
@@ -27,9 +26,8 @@ priced at N rounded up to the alignment the measured widths share (largest power
 128 dividing every measured width >= 128). ``"auto"`` turns it on for CUDA profiles only: CPU
 BLAS kernels have no comparable tile granularity (compare with ``pis-profile loo --by n``).
 
-Launch floor: on CUDA, profile timings come from CUDA events and exclude the CPU launch, so a
-tiny kernel in eager mode still costs one launch: ``time_us = max(kernel_us, launch_us_per_op)``.
-On CPU the timings (``perf_counter``) already include dispatch, so nothing is added.
+Launch floor: CUDA timings (events) exclude the CPU launch, so an eager kernel costs at least one:
+``time_us = max(kernel_us, launch_us_per_op)``. CPU timings already include dispatch.
 """
 
 from __future__ import annotations
