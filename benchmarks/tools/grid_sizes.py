@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from pis.calibrate.grid import GRID_NAMES, build_grid, model_pairs
-from pis.profiles.schema import WHOLE_DECODER_OPS
+from pis.profiles.schema import QUANTIZED_GEMM, WHOLE_DECODER_OPS
 
 #: (device kind, calibration dtype, the validation suites' model there)
 DEVICES: tuple[tuple[str, str, str], ...] = (
@@ -32,8 +32,9 @@ DEVICES: tuple[tuple[str, str, str], ...] = (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def grid_counts(device_kind: str, dtype: str, model: str | None = None) -> dict[str, tuple[int, int]]:
-    """Grid name -> (per-op points, whole-decoder points) on ``device_kind``, optionally with ``--model``."""
+def grid_counts(device_kind: str, dtype: str, model: str | None = None) -> dict[str, tuple[int, int, int]]:
+    """Grid name -> (per-op points, of which quantized GEMMs, whole-decoder points) on ``device_kind``,
+    optionally with ``--model``."""
     pairs, name, dims = [], None, None
     if model is not None:
         path = ROOT / model
@@ -42,19 +43,21 @@ def grid_counts(device_kind: str, dtype: str, model: str | None = None) -> dict[
     for grid in GRID_NAMES:
         points = build_grid(grid, device_kind, dtype, pairs, name, dims).points
         decoder = sum(p.op in WHOLE_DECODER_OPS for p in points)
-        out[grid] = (len(points) - decoder, decoder)
+        quantized = sum(p.op in QUANTIZED_GEMM.values() for p in points)
+        out[grid] = (len(points) - decoder, quantized, decoder)
     return out
 
 
 def size_table() -> str:
     """The markdown table of every grid's point counts."""
-    lines = ["| device | dtype | `--model` | grid | per-op points | whole-decoder points | total |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| device | dtype | `--model` | grid | per-op points | of which quantized GEMMs "
+             "| whole-decoder points | total |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for kind, dtype, model in DEVICES:
         for m in (None, model):
-            for grid, (per_op, decoder) in grid_counts(kind, dtype, m).items():
-                lines.append(f"| {kind} | {dtype} | {f'`{m}`' if m else '–'} | {grid} | {per_op:,} | {decoder:,} "
-                             f"| {per_op + decoder:,} |")
+            for grid, (per_op, quantized, decoder) in grid_counts(kind, dtype, m).items():
+                lines.append(f"| {kind} | {dtype} | {f'`{m}`' if m else '–'} | {grid} | {per_op:,} | {quantized:,} "
+                             f"| {decoder:,} | {per_op + decoder:,} |")
     return "\n".join(lines)
 
 
