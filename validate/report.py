@@ -14,12 +14,14 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "config", "model", "layers", "backend", "method", "weights", "granularity", "sparsity", "phase", "batch",
     "seq_len", "context_len", "measured_ms", "measured_p10_ms", "measured_p90_ms", "repeats",
     "predicted_ms", "error_pct", "predicted_ops_ms", "ops_error_pct", "in_model_factor",
-    "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct",
+    "extrapolated", "status", "device", "dtype", "rounds", "round_spread_pct", "round_measured_ms",
     "machine_drift_pct", "drift_adjusted_error_pct", "measured_speedup", "predicted_speedup",
     "speedup_error_pct",
     # provenance (:func:`provenance`): what ran, where, against which code and profile
     "suite", "execution", "device_name", "threads", "commit", "profile_sha256",
 )
+#: Separator of the per-round medians in ``round_measured_ms`` (one string per row of the CSV).
+ROUND_SEP = ";"
 #: A pruned configuration's dense counterpart: the same model and executor at the same point.
 SPEEDUP_KEY: tuple[str, ...] = ("model", "layers", "backend", "phase", "batch", "seq_len", "context_len")
 
@@ -50,6 +52,8 @@ def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
     out.loc[ok, "repeats"] = np.sum([r["repeats"] for r in reports], axis=0)[ok]
     out.loc[ok, "rounds"] = len(reports)
     out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
+    out["round_measured_ms"] = out.get("round_measured_ms", pd.Series(np.nan, index=out.index)).astype(object)
+    out.loc[ok, "round_measured_ms"] = [ROUND_SEP.join(f"{x:.6g}" for x in r) for r in meds[ok]]
     m = out.loc[ok, "measured_ms"]
     out.loc[ok, "error_pct"] = error_pct(out.loc[ok, "predicted_ms"], m)
     out.loc[ok, "ops_error_pct"] = error_pct(out.loc[ok, "predicted_ops_ms"], m)
@@ -77,22 +81,43 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
 
     This is the figure a pruning study reads. A common error of the absolute level (the machine
     running slower than at calibration, the in-model factor's own scatter) cancels in it, so
-    it shows how well the op graph and the in-model correction carry from dense to pruned. Rows
-    without a measured dense counterpart, and the dense rows themselves, stay NaN.
+    it shows how well the op graph and the in-model correction carry from dense to pruned. Where
+    both rows carry the same number of rounds (``round_measured_ms``), the measured speedup is the
+    median over the rounds of each round's own ratio: a round in which the machine ran slow slows
+    both, and the pair stays matched. Otherwise it is the ratio of the two medians. Rows without a
+    measured dense counterpart, and the dense rows themselves, stay NaN.
     """
     out = report.copy()
     key = list(SPEEDUP_KEY)
     ok = out["status"] == "ok"
     native = out["weights"].fillna("native") == "native" if "weights" in out else pd.Series(True, index=out.index)
     baseline = ok & (out["method"] == "dense") & native
-    dense = (out[baseline].drop_duplicates(key).set_index(key)
-             [["measured_ms", "predicted_ms"]].add_suffix("_dense"))
+    cols = ["measured_ms", "predicted_ms"] + (["round_measured_ms"] if "round_measured_ms" in out else [])
+    dense = out[baseline].drop_duplicates(key).set_index(key)[cols].add_suffix("_dense")
     both = out.join(dense, on=key)
     pruned = ok & ~baseline & both["measured_ms_dense"].notna()
-    out["measured_speedup"] = (both["measured_ms_dense"] / out["measured_ms"]).where(pruned)
+    measured = both["measured_ms_dense"] / out["measured_ms"]
+    if "round_measured_ms" in out:
+        paired = [_paired_ratio(d, p) for d, p in zip(both["round_measured_ms_dense"], out["round_measured_ms"])]
+        measured = pd.Series(paired, index=out.index).fillna(measured)
+    out["measured_speedup"] = measured.where(pruned)
     out["predicted_speedup"] = (both["predicted_ms_dense"] / out["predicted_ms"]).where(pruned)
     out["speedup_error_pct"] = error_pct(out["predicted_speedup"], out["measured_speedup"])
     return out
+
+
+def _rounds(value: object) -> np.ndarray:
+    """The per-round medians of a ``round_measured_ms`` cell (empty where it holds none)."""
+    if not isinstance(value, str) or not value:
+        return np.empty(0)
+    return np.array([float(x) for x in value.split(ROUND_SEP)])
+
+
+def _paired_ratio(dense: object, pruned: object) -> float:
+    """Median over the rounds of dense ÷ pruned, each round's pair measured in the same round;
+    NaN unless both hold the same number (two or more) of rounds."""
+    d, p = _rounds(dense), _rounds(pruned)
+    return float(np.median(d / p)) if len(d) > 1 and len(d) == len(p) else np.nan
 
 
 def summarize_report(report: pd.DataFrame) -> pd.DataFrame:
