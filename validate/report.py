@@ -81,10 +81,9 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
 
     This is the figure a pruning study reads. A common error of the absolute level (the machine
     running slower than at calibration, the in-model factor's own scatter) cancels in it, so
-    it shows how well the op graph and the in-model correction carry from dense to pruned. Where
-    both rows carry the same number of rounds (``round_measured_ms``), the measured speedup is the
-    median over the rounds of each round's own ratio: a round in which the machine ran slow slows
-    both, and the pair stays matched. Otherwise it is the ratio of the two medians. Rows without a
+    it shows how well the op graph and the in-model correction carry from dense to pruned. The
+    measured speedup is the ratio of the two medians over the rounds (the median of each round's
+    own ratio, from ``round_measured_ms``, scored no better; ``docs/history.md``). Rows without a
     measured dense counterpart, and the dense rows themselves, stay NaN.
     """
     out = report.copy()
@@ -92,32 +91,14 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
     ok = out["status"] == "ok"
     native = out["weights"].fillna("native") == "native" if "weights" in out else pd.Series(True, index=out.index)
     baseline = ok & (out["method"] == "dense") & native
-    cols = ["measured_ms", "predicted_ms"] + (["round_measured_ms"] if "round_measured_ms" in out else [])
-    dense = out[baseline].drop_duplicates(key).set_index(key)[cols].add_suffix("_dense")
+    dense = (out[baseline].drop_duplicates(key).set_index(key)
+             [["measured_ms", "predicted_ms"]].add_suffix("_dense"))
     both = out.join(dense, on=key)
     pruned = ok & ~baseline & both["measured_ms_dense"].notna()
-    measured = both["measured_ms_dense"] / out["measured_ms"]
-    if "round_measured_ms" in out:
-        paired = [_paired_ratio(d, p) for d, p in zip(both["round_measured_ms_dense"], out["round_measured_ms"])]
-        measured = pd.Series(paired, index=out.index).fillna(measured)
-    out["measured_speedup"] = measured.where(pruned)
+    out["measured_speedup"] = (both["measured_ms_dense"] / out["measured_ms"]).where(pruned)
     out["predicted_speedup"] = (both["predicted_ms_dense"] / out["predicted_ms"]).where(pruned)
     out["speedup_error_pct"] = error_pct(out["predicted_speedup"], out["measured_speedup"])
     return out
-
-
-def _rounds(value: object) -> np.ndarray:
-    """The per-round medians of a ``round_measured_ms`` cell (empty where it holds none)."""
-    if not isinstance(value, str) or not value:
-        return np.empty(0)
-    return np.array([float(x) for x in value.split(ROUND_SEP)])
-
-
-def _paired_ratio(dense: object, pruned: object) -> float:
-    """Median over the rounds of dense ÷ pruned, each round's pair measured in the same round;
-    NaN unless both hold the same number (two or more) of rounds."""
-    d, p = _rounds(dense), _rounds(pruned)
-    return float(np.median(d / p)) if len(d) > 1 and len(d) == len(p) else np.nan
 
 
 def summarize_report(report: pd.DataFrame) -> pd.DataFrame:
