@@ -52,7 +52,7 @@ def combine_rounds(reports: list[pd.DataFrame]) -> pd.DataFrame:
     out.loc[ok, "repeats"] = np.sum([r["repeats"] for r in reports], axis=0)[ok]
     out.loc[ok, "rounds"] = len(reports)
     out.loc[ok, "round_spread_pct"] = ((meds.max(axis=1) - meds.min(axis=1)) / med * 100.0)[ok]
-    out["round_measured_ms"] = out.get("round_measured_ms", pd.Series(np.nan, index=out.index)).astype(object)
+    out["round_measured_ms"] = pd.Series(np.nan, index=out.index, dtype=object)
     out.loc[ok, "round_measured_ms"] = [ROUND_SEP.join(f"{x:.6g}" for x in r) for r in meds[ok]]
     m = out.loc[ok, "measured_ms"]
     out.loc[ok, "error_pct"] = error_pct(out.loc[ok, "predicted_ms"], m)
@@ -82,9 +82,8 @@ def with_speedups(report: pd.DataFrame) -> pd.DataFrame:
     This is the figure a pruning study reads. A common error of the absolute level (the machine
     running slower than at calibration, the in-model factor's own scatter) cancels in it, so
     it shows how well the op graph and the in-model correction carry from dense to pruned. The
-    measured speedup is the ratio of the two medians over the rounds (the median of each round's
-    own ratio, from ``round_measured_ms``, scored no better; ``docs/history.md``). Rows without a
-    measured dense counterpart, and the dense rows themselves, stay NaN.
+    measured speedup is the ratio of the two medians over the rounds. Rows without a measured
+    dense counterpart, and the dense rows themselves, stay NaN.
     """
     out = report.copy()
     key = list(SPEEDUP_KEY)

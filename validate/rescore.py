@@ -64,8 +64,7 @@ def rescore_report(path: str, profile: str, suite: str | None = None, device_kin
                          error_pct=error_pct(pred, r.measured_ms), predicted_ops_ms=pred / factor,
                          ops_error_pct=error_pct(pred / factor, r.measured_ms), in_model_factor=factor,
                          extrapolated=extrap, **{k: getattr(r, k) for k in SPEEDUP_KEY if k != "phase"},
-                         machine_drift_pct=getattr(r, "machine_drift_pct", np.nan),
-                         round_measured_ms=getattr(r, "round_measured_ms", np.nan)))
+                         machine_drift_pct=getattr(r, "machine_drift_pct", np.nan)))
     if not rows:
         raise PisError(f"no configuration of {path} belongs to the {suite} suite on {device_kind}")
     out = pd.DataFrame(rows)
